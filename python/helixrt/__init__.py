@@ -1,0 +1,41 @@
+"""helixrt: the performance architecture of a production LLM gateway, for Python services.
+
+`import helixrt` loads only the Rust core (`helixrt._core`) and this module. Every component is
+imported on first use through the module `__getattr__` (PEP 562), so aiohttp, redis, mcp and
+prometheus_client are imported only by the components that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from helixrt._core import __version__
+from helixrt.errors import HelixError
+
+# Not `typing.TYPE_CHECKING`: importing typing would cost more than the rest of `import helixrt`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from helixrt import errors
+
+__all__ = ["HelixError", "__version__", "errors"]
+
+# Public name -> the module that defines it; filled in as components land.
+_LAZY: dict[str, str] = {
+    "errors": "helixrt.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'helixrt' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if module.__name__ == f"helixrt.{name}" else getattr(module, name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

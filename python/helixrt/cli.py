@@ -1,0 +1,68 @@
+"""The `helixrt` command: `--version`, `doctor` (is this machine ready?) and `bench` (the table of
+helixrt against its peers). Heavy modules are imported inside the sub-command that needs them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from helixrt import __version__
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="helixrt",
+        description="helixrt: worker pools, event bus, tiered cache, HTTP pool and MCP "
+        "management for Python services, with the hot paths in Rust.",
+    )
+    parser.add_argument("--version", action="version", version=f"helixrt {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    commands.add_parser(
+        "doctor",
+        help="check the Rust core, Redis at REDIS_URL, and the tools MCP servers need",
+        description="Checks the Rust core, Redis at REDIS_URL (default redis://127.0.0.1:6379/0), "
+        "node/npm and uv/pip; prints one line each, with a hint for what is missing.",
+    )
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure helixrt against its peers, side by side, and print the table",
+        description="Runs each benchmark for helixrt and for the best peer in the same process, "
+        "and prints the table: figures, the speedup over the peer, the original system's "
+        "claim and helixrt's goal.",
+    )
+    bench.add_argument("--quick", action="store_true", help="shorter runs, noisier figures")
+    bench.add_argument(
+        "--only",
+        metavar="COMPONENT",
+        action="append",
+        help="run only this component's rows (repeatable); see the list with --list",
+    )
+    bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    bench.add_argument("--list", action="store_true", help="list the components and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "doctor":
+        from helixrt.doctor import run_doctor
+
+        return run_doctor(sys.stdout)
+    if args.command == "bench":
+        from helixrt.bench import COMPONENTS, run_bench
+
+        if args.list:
+            print("\n".join(COMPONENTS))
+            return 0
+        try:
+            return run_bench(quick=args.quick, only=args.only, json_path=args.json, out=sys.stdout)
+        except ValueError as err:
+            print(f"helixrt bench: {err}", file=sys.stderr)
+            return 2
+    _parser().print_help()
+    return 0
