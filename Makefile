@@ -10,7 +10,7 @@ DEPS := $(VENV)/.deps-installed
 BUILT := $(VENV)/.helixrt-built
 RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml Cargo.lock build.rs
 PY_SOURCES := $(shell find python -type f -not -path '*/__pycache__/*')
-PY_DIRS := python tests benches examples
+PY_DIRS := $(wildcard python tests benches examples)
 
 # Build against the venv's interpreter everywhere (maturin, cargo test, clippy), so cargo
 # does not rebuild PyO3 each time a different Python is found first.
