@@ -4,7 +4,6 @@
 //! `HelixError` and the standard type a user would catch (`KeyError`, `TimeoutError`, ...), which
 //! `create_exception!` cannot express. They are imported once, on the first error.
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
@@ -31,23 +30,27 @@ impl std::error::Error for Error {}
 impl From<Error> for PyErr {
     #[cold]
     fn from(err: Error) -> PyErr {
-        match err {
-            Error::InvalidArgument(msg) => PyValueError::new_err(msg),
-            Error::WrongType(msg) => PyTypeError::new_err(msg),
-        }
+        Python::attach(|py| match err {
+            Error::InvalidArgument(msg) => helix_error(py, "InvalidArgumentError", msg),
+            Error::WrongType(msg) => helix_error(py, "InvalidTypeError", msg),
+        })
     }
 }
 
-/// A `PyErr` of the `helixrt.errors` class `name`, carrying `message`.
+/// A `PyErr` of the `helixrt.errors` class `name`, made with `args` (a message, or for
+/// `CacheKeyError` the key, as `KeyError` carries it).
 #[cold]
-pub fn helix_error(py: Python<'_>, name: &str, message: String) -> PyErr {
+pub fn helix_error<A>(py: Python<'_>, name: &str, args: A) -> PyErr
+where
+    A: pyo3::PyErrArguments + Send + Sync + 'static,
+{
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     let class = MODULE
         .get_or_try_init(py, || Ok::<_, PyErr>(py.import("helixrt.errors")?.unbind()))
         .and_then(|module| module.bind(py).getattr(name))
         .and_then(|class| Ok(class.cast_into::<PyType>()?));
     match class {
-        Ok(class) => PyErr::from_type(class, message),
+        Ok(class) => PyErr::from_type(class, args),
         Err(err) => err,
     }
 }

@@ -3,6 +3,9 @@
 //! `helixrt._core`. Python-facing code lives in the `bindings` modules; the data structures
 //! know nothing of Python and are tested with `cargo test`.
 
+pub mod bindings;
+pub mod cache;
+pub mod clock;
 pub mod errors;
 
 /// The Python module `helixrt._core`.
@@ -10,6 +13,9 @@ pub mod errors;
 mod _core {
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
+
+    #[pymodule_export]
+    use crate::bindings::cache::L1Cache;
 
     #[pymodule_init]
     fn init(module: &Bound<'_, PyModule>) -> PyResult<()> {

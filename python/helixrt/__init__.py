@@ -18,12 +18,16 @@ if TYPE_CHECKING:
     from typing import Any
 
     from helixrt import errors
+    from helixrt.cache import L1Cache, L1Stats, cached
 
-__all__ = ["HelixError", "__version__", "errors"]
+__all__ = ["HelixError", "L1Cache", "L1Stats", "__version__", "cached", "errors"]
 
 # Public name -> the module that defines it; filled in as components land.
 _LAZY: dict[str, str] = {
     "errors": "helixrt.errors",
+    "L1Cache": "helixrt.cache",
+    "L1Stats": "helixrt.cache",
+    "cached": "helixrt.cache",
 }
 
 

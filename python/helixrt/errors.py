@@ -1,15 +1,27 @@
 """The exceptions helixrt raises.
 
 Every one derives from `HelixError`, and also from the standard type a user would already catch
-(`ValueError`, `KeyError`, `TimeoutError`, ...), so `except HelixError` catches everything from
-helixrt and `except TimeoutError` keeps working in code written for the standard library.
+(`ValueError`, `KeyError`, `TypeError`, `TimeoutError`, ...), so `except HelixError` catches
+everything from helixrt and `except KeyError` keeps working in code written for a dict.
 The Rust core raises these same classes (it imports this module on its first error).
 """
 
 from __future__ import annotations
 
-__all__ = ["HelixError"]
+__all__ = ["CacheKeyError", "HelixError", "InvalidArgumentError", "InvalidTypeError"]
 
 
 class HelixError(Exception):
     """The root of every exception helixrt raises."""
+
+
+class InvalidArgumentError(HelixError, ValueError):
+    """An argument has a value helixrt does not accept; the message names it and what is."""
+
+
+class InvalidTypeError(HelixError, TypeError):
+    """An argument, or a value returned by a user's callback, has the wrong type."""
+
+
+class CacheKeyError(HelixError, KeyError):
+    """The key is not in the cache (never set, expired, evicted or deleted)."""

@@ -1,0 +1,311 @@
+"""The L1 cache: an in-memory cache in Rust with TTL, time-to-idle, tags, weights and S3-FIFO
+eviction, and the `cached` decorator.
+
+`L1Cache` is the Rust class with the `MutableMapping` mixins added; every hot method (get, set,
+`c[k]`, `k in c`, ...) is a direct call into Rust. Expired entries are reclaimed by one shared
+background thread (`_Sweeper`) that runs while any cache is alive, so an idle cache gives its
+memory back without being touched. This module holds no Redis code: the tiered cache builds on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import weakref
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Hashable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    MutableMapping,
+    ValuesView,
+)
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+
+from helixrt import _core
+from helixrt.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["L1Cache", "L1Stats", "cached"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class L1Stats:
+    """A snapshot of an L1Cache's counters (monotonic) and gauges (size, weight)."""
+
+    hits: int
+    misses: int
+    inserts: int
+    updates: int
+    evictions: int
+    expirations: int
+    invalidations: int
+    """Entries removed by the user: delete, pop, del, clear, invalidate_tag."""
+    size: int
+    weight: int
+
+    @property
+    def lookups(self) -> int:
+        return self.hits + self.misses
+
+    @property
+    def hit_ratio(self) -> float:
+        """hits / lookups (0.0 before any lookup)."""
+        return self.hits / self.lookups if self.lookups else 0.0
+
+
+class L1Cache(_core.L1Cache, MutableMapping[Any, Any]):
+    """A thread-safe in-memory cache: `L1Cache(maxsize=10_000, ttl=300.0, *, tti=None,
+    max_weight=None, weigher=None)`.
+
+    - `maxsize`: most entries held (the original's default, 10 000).
+    - `ttl`: seconds an entry lives unless `set(..., ttl=)` says otherwise (the original's
+      default, 5 minutes); `None` for no expiry.
+    - `tti`: seconds an entry lives without being read (time to idle); `None` for none.
+    - `max_weight` with `weigher(key, value) -> int`: most total weight held.
+
+    Keys are any hashable objects, values any objects, kept by reference (no copy). Eviction is
+    S3-FIFO: new entries must be read again before they can displace established ones, so one-
+    pass scans do not flush the hot set. A set followed by a get on the same thread sees the
+    value unless a bound evicted it. `len()`, iteration, `keys()`, `values()` and `items()` never
+    include expired entries; they iterate over a snapshot taken when iteration starts, and do
+    not count as reads.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        maxsize: int = 10_000,
+        ttl: float | None = 300.0,
+        *,
+        tti: float | None = None,
+        max_weight: int | None = None,
+        weigher: Callable[[Any, Any], int] | None = None,
+        _manual_clock: bool = False,
+    ) -> None:
+        # The Rust constructor has checked and stored the arguments already. `_manual_clock`
+        # is for tests: time then moves only by `_advance(seconds)`.
+        _SWEEPER.watch(self)
+
+    def stats(self) -> L1Stats:
+        return L1Stats(*self._stats())
+
+    def __repr__(self) -> str:
+        return (
+            f"L1Cache(maxsize={self.maxsize}, ttl={self.ttl}, tti={self.tti}, "
+            f"max_weight={self.max_weight}, size={len(self)})"
+        )
+
+    # MutableMapping's mixins would go through __getitem__ and count hits; these do not.
+    def items(self) -> ItemsView[Any, Any]:
+        return _ItemsSnapshot(self)
+
+    def values(self) -> ValuesView[Any]:
+        return _ValuesSnapshot(self)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        found = self.get(key, _MISSING)
+        if found is _MISSING:
+            self[key] = default
+            return default
+        return found
+
+
+_MISSING: Any = object()
+
+
+class _ItemsSnapshot(ItemsView[Any, Any]):
+    _mapping: L1Cache
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        return iter(self._mapping._items())
+
+
+class _ValuesSnapshot(ValuesView[Any]):
+    _mapping: L1Cache
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._mapping._values())
+
+
+class _Sweeper:
+    """One daemon thread for the whole process that purges expired entries of every live
+    L1Cache every `interval` seconds, and ends when no cache is left."""
+
+    interval = 0.5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Weak references (not a WeakSet: a Mapping is unhashable), pruned on every pass.
+        self._caches: list[weakref.ref[L1Cache]] = []
+        self._thread: threading.Thread | None = None
+
+    def watch(self, cache: L1Cache) -> None:
+        with self._lock:
+            self._caches.append(weakref.ref(cache))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="helixrt-cache-sweeper", daemon=True
+                )
+                self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._thread is not None
+
+    def _run(self) -> None:
+        wakeup = threading.Event()
+        while True:
+            wakeup.wait(self.interval)
+            with self._lock:
+                self._caches = [ref for ref in self._caches if ref() is not None]
+                caches = [cache for ref in self._caches if (cache := ref()) is not None]
+                if not caches:
+                    self._thread = None
+                    return
+            for cache in caches:
+                cache._purge_expired()
+            del caches, cache  # hold no cache alive while sleeping
+
+
+_SWEEPER = _Sweeper()
+
+
+def _default_key(fn: Callable[..., Any]) -> Callable[..., Hashable]:
+    name = f"{fn.__module__}.{fn.__qualname__}"
+
+    def make_key(*args: Any, **kwargs: Any) -> Hashable:
+        if kwargs:
+            return (name, args, tuple(sorted(kwargs.items())))
+        return (name, args)
+
+    return make_key
+
+
+def cached(
+    cache: L1Cache | None = None,
+    *,
+    ttl: float | None = None,
+    key: Callable[..., Hashable] | None = None,
+    tags: Iterable[str] = (),
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Caches a function's results in `cache` (a new `L1Cache` when omitted).
+
+    Works on plain and async functions. Concurrent callers with the same arguments (threads,
+    or tasks of one event loop) share one computation; an exception is raised to all of them
+    and is not cached. The key is `key(*args, **kwargs)` when given, else the function's name
+    with its arguments (which must then be hashable). The wrapper has `.cache` and
+    `.invalidate(*args, **kwargs)`.
+    """
+    if ttl is not None and not ttl > 0:
+        raise InvalidArgumentError(f"ttl must be a positive number of seconds or None, got {ttl}")
+    tag_list = tuple(tags)
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        store = cache if cache is not None else L1Cache()
+        make_key = key or _default_key(fn)
+        if inspect.iscoroutinefunction(fn):
+            wrapper = _async_wrapper(cast(Any, fn), store, make_key, ttl, tag_list)
+        else:
+            wrapper = _sync_wrapper(fn, store, make_key, ttl, tag_list)
+
+        def invalidate(*args: Any, **kwargs: Any) -> bool:
+            return store.delete(make_key(*args, **kwargs))
+
+        wrapper.cache = store  # type: ignore[attr-defined]
+        wrapper.invalidate = invalidate  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def _sync_wrapper(
+    fn: Callable[P, R],
+    store: L1Cache,
+    make_key: Callable[..., Hashable],
+    ttl: float | None,
+    tags: tuple[str, ...],
+) -> Callable[P, R]:
+    in_flight: dict[Hashable, Future[R]] = {}
+    lock = threading.Lock()
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        k = make_key(*args, **kwargs)
+        found = store.get(k, _MISSING)
+        if found is not _MISSING:
+            return cast(R, found)
+        with lock:
+            pending = in_flight.get(k)
+            leader = pending is None
+            if pending is None:
+                pending = in_flight[k] = Future()
+        if not leader:
+            return pending.result()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as err:
+            pending.set_exception(err)
+            raise
+        else:
+            store.set(k, result, ttl=ttl, tags=tags)
+            pending.set_result(result)
+            return result
+        finally:
+            with lock:
+                del in_flight[k]
+
+    return wrapper
+
+
+def _async_wrapper(
+    fn: Callable[P, R],
+    store: L1Cache,
+    make_key: Callable[..., Hashable],
+    ttl: float | None,
+    tags: tuple[str, ...],
+) -> Callable[P, R]:
+    import asyncio
+
+    # One computation per (event loop, key): a task may only await tasks of its own loop.
+    in_flight: dict[tuple[asyncio.AbstractEventLoop, Hashable], asyncio.Task[Any]] = {}
+    coroutine_fn = cast(Callable[..., Awaitable[Any]], fn)
+
+    async def compute(
+        flight: tuple[asyncio.AbstractEventLoop, Hashable], *args: Any, **kwargs: Any
+    ) -> Any:
+        try:
+            result = await coroutine_fn(*args, **kwargs)
+            store.set(flight[1], result, ttl=ttl, tags=tags)
+            return result
+        finally:
+            del in_flight[flight]
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        k = make_key(*args, **kwargs)
+        found = store.get(k, _MISSING)
+        if found is not _MISSING:
+            return found
+        flight = (asyncio.get_running_loop(), k)
+        task = in_flight.get(flight)
+        if task is None:
+            task = in_flight[flight] = asyncio.ensure_future(compute(flight, *args, **kwargs))
+            # Its callers may all be cancelled; the error was theirs to see, not the loop's.
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # shield: one caller's cancellation does not cancel the others' computation.
+        return await asyncio.shield(task)
+
+    return cast(Callable[P, R], wrapper)

@@ -1,0 +1,4 @@
+//! The PyO3 classes: thin wrappers that convert arguments, delegate to the Rust core and turn
+//! its errors into Python exceptions.
+
+pub mod cache;

@@ -1,0 +1,749 @@
+//! The L1 cache's data structure: a bounded map with per-entry TTL, time-to-idle, tags, weights
+//! and S3-FIFO eviction.
+//!
+//! It knows nothing of Python. Keys and values are generic; the caller hashes keys itself and
+//! says per call what "the same key" means (a closure that may answer "cannot tell here", see
+//! `Match`), and everything that leaves the cache is handed back in a `Graveyard`, so that the
+//! caller can drop it after releasing its lock (dropping a Python object can run arbitrary code).
+//!
+//! S3-FIFO (Yang et al., SOSP 2023): new entries go to a small FIFO queue; an entry hit again
+//! while there moves to the main queue when it reaches the front, the others leave and their
+//! hashes are remembered in a ghost queue; a key that comes back while its ghost is remembered
+//! goes straight to main. Main is a CLOCK-like FIFO that gives each hit entry another lap. One-hit
+//! wonders and scans pass through the small queue without displacing the hot set, and a hit only
+//! bumps a counter in the entry: no list is reordered on the read path.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use hashbrown::HashTable;
+
+pub use crate::clock::{Tick, NEVER};
+
+/// What leaves the cache: (key, value) pairs for the caller to drop outside its lock.
+pub type Graveyard<K, V> = Vec<(K, V)>;
+
+/// The answer of a key comparison supplied by the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Match {
+    Yes,
+    No,
+    /// The comparison needs work the caller cannot do here (for Python keys: running a user's
+    /// `__eq__`, which must not happen under the cache's lock).
+    Unknown,
+}
+
+/// An operation met a key it could not compare; nothing was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Undecided;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Config {
+    /// Most entries held at once; at least 1.
+    pub max_size: usize,
+    /// Most total weight held at once, when entries are weighed.
+    pub max_weight: Option<u64>,
+    /// Default time to live of an entry (`NEVER` for none).
+    pub ttl: Tick,
+    /// Time to idle: an entry not read for this long expires (`NEVER` for none).
+    pub tti: Tick,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub hits: u64,
+    pub misses: u64,
+    pub inserts: u64,
+    pub updates: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    /// Entries removed by the user: delete, pop, clear, invalidate_tag.
+    pub invalidations: u64,
+}
+
+/// What `insert` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    Updated,
+    /// The entry alone weighs more than `max_weight`: not stored (counted as an eviction).
+    TooHeavy,
+}
+
+/// Options of one `insert`.
+#[derive(Debug, Default)]
+pub struct Insert {
+    /// Time to live; `None` takes the cache's.
+    pub ttl: Option<Tick>,
+    pub weight: u64,
+    pub tags: Option<Box<[Box<str>]>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    Evicted,
+    Expired,
+    Invalidated,
+}
+
+/// A hit counter saturates here: a hot entry survives this many laps of the main queue unread.
+const MAX_FREQ: u8 = 3;
+/// Hits needed while in the small queue to move to main (the paper's default, "freq > 1").
+const PROMOTE_AT: u8 = 1;
+
+struct Entry<K, V> {
+    key: K,
+    value: V,
+    hash: u64,
+    /// Absolute deadline from the TTL.
+    expires: Tick,
+    /// Absolute deadline from the TTI, moved on each read.
+    idle_expires: Tick,
+    // Thin pointer: most entries have no tags, and those pay 8 bytes, not 16.
+    #[allow(clippy::box_collection)]
+    tags: Option<Box<Box<[Box<str>]>>>,
+    weight: u64,
+    freq: u8,
+    in_main: bool,
+}
+
+impl<K, V> Entry<K, V> {
+    #[inline]
+    fn deadline(&self) -> Tick {
+        self.expires.min(self.idle_expires)
+    }
+}
+
+struct Slot<K, V> {
+    generation: u32,
+    entry: Option<Entry<K, V>>,
+}
+
+/// A queue position: slot index and the slot's generation when queued. A position whose slot
+/// has since been freed (and perhaps reused) no longer matches and is skipped.
+type Position = u64;
+
+fn position(index: u32, generation: u32) -> Position {
+    (u64::from(index) << 32) | u64::from(generation)
+}
+
+fn split(position: Position) -> (u32, u32) {
+    ((position >> 32) as u32, position as u32)
+}
+
+/// Hashes of entries recently evicted from the small queue, oldest first.
+struct Ghost {
+    order: VecDeque<u64>,
+    counts: HashMap<u64, u32>,
+    capacity: usize,
+}
+
+impl Ghost {
+    fn new(capacity: usize) -> Self {
+        Ghost {
+            order: VecDeque::new(),
+            counts: HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn contains(&self, hash: u64) -> bool {
+        self.counts.contains_key(&hash)
+    }
+
+    fn remember(&mut self, hash: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                if let Some(count) = self.counts.get_mut(&old) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.counts.remove(&old);
+                    }
+                }
+            }
+        }
+        self.order.push_back(hash);
+        *self.counts.entry(hash).or_insert(0) += 1;
+    }
+
+    fn clear(&mut self) {
+        self.order.clear();
+        self.counts.clear();
+    }
+}
+
+pub struct Cache<K, V> {
+    config: Config,
+    /// Size of the small queue the policy aims for, in units (entries, or weight when weighed).
+    small_target: u64,
+    table: HashTable<u32>,
+    slots: Vec<Slot<K, V>>,
+    free: Vec<u32>,
+    small: VecDeque<Position>,
+    main: VecDeque<Position>,
+    ghost: Ghost,
+    tags: HashMap<Box<str>, HashSet<Position>>,
+    len: usize,
+    weight: u64,
+    small_units: u64,
+    stats: Stats,
+    /// No live entry expires before this: `purge_expired` has nothing to do until then.
+    earliest_deadline: Tick,
+}
+
+impl<K, V> Cache<K, V> {
+    pub fn new(config: Config) -> Self {
+        assert!(config.max_size >= 1, "max_size must be at least 1");
+        let units = config.max_weight.unwrap_or(config.max_size as u64);
+        Cache {
+            config,
+            small_target: (units / 10).max(1),
+            table: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            small: VecDeque::new(),
+            main: VecDeque::new(),
+            ghost: Ghost::new(config.max_size - (config.max_size / 10)),
+            tags: HashMap::new(),
+            len: 0,
+            weight: 0,
+            small_units: 0,
+            stats: Stats::default(),
+            earliest_deadline: NEVER,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Entries held, including expired ones not yet purged (see `purge_expired`).
+    pub fn len_unpurged(&self) -> usize {
+        self.len
+    }
+
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
+
+    #[inline]
+    fn entry(&self, index: u32) -> &Entry<K, V> {
+        self.slots[index as usize]
+            .entry
+            .as_ref()
+            .expect("the table only holds occupied slots")
+    }
+
+    #[inline]
+    fn entry_mut(&mut self, index: u32) -> &mut Entry<K, V> {
+        self.slots[index as usize]
+            .entry
+            .as_mut()
+            .expect("the table only holds occupied slots")
+    }
+
+    #[inline]
+    fn units(&self, entry: &Entry<K, V>) -> u64 {
+        if self.config.max_weight.is_some() {
+            entry.weight
+        } else {
+            1
+        }
+    }
+
+    /// The slot index of the entry for this key, expired or not.
+    #[inline]
+    fn find(&self, hash: u64, mut eq: impl FnMut(&K) -> Match) -> Result<Option<u32>, Undecided> {
+        let mut undecided = false;
+        let slots = &self.slots;
+        let found = self.table.find(hash, |&index| {
+            let Some(entry) = slots[index as usize].entry.as_ref() else {
+                return false;
+            };
+            if entry.hash != hash {
+                return false;
+            }
+            match eq(&entry.key) {
+                Match::Yes => true,
+                Match::No => false,
+                Match::Unknown => {
+                    undecided = true;
+                    false
+                }
+            }
+        });
+        match found {
+            Some(&index) => Ok(Some(index)),
+            None if undecided => Err(Undecided),
+            None => Ok(None),
+        }
+    }
+
+    /// The live entry's slot for this key; an expired one is removed on the way.
+    #[inline]
+    fn find_live(
+        &mut self,
+        hash: u64,
+        eq: impl FnMut(&K) -> Match,
+        now: Tick,
+        graveyard: &mut Graveyard<K, V>,
+    ) -> Result<Option<u32>, Undecided> {
+        let Some(index) = self.find(hash, eq)? else {
+            return Ok(None);
+        };
+        if self.entry(index).deadline() <= now {
+            self.remove_at(index, Cause::Expired, graveyard);
+            return Ok(None);
+        }
+        Ok(Some(index))
+    }
+
+    /// Keys stored under `hash`, for a caller that must compare them outside its lock.
+    pub fn keys_with_hash(&self, hash: u64) -> impl Iterator<Item = &K> + '_ {
+        self.table.iter_hash(hash).filter_map(move |&index| {
+            let entry = self.slots[index as usize].entry.as_ref()?;
+            (entry.hash == hash).then_some(&entry.key)
+        })
+    }
+
+    /// Looks a key up as a read: counts a hit or a miss, marks the entry used.
+    #[inline]
+    pub fn get(
+        &mut self,
+        hash: u64,
+        eq: impl FnMut(&K) -> Match,
+        now: Tick,
+        graveyard: &mut Graveyard<K, V>,
+    ) -> Result<Option<&V>, Undecided> {
+        match self.find_live(hash, eq, now, graveyard)? {
+            None => {
+                self.stats.misses += 1;
+                Ok(None)
+            }
+            Some(index) => {
+                self.stats.hits += 1;
+                let tti = self.config.tti;
+                let entry = self.entry_mut(index);
+                entry.freq = (entry.freq + 1).min(MAX_FREQ);
+                if tti != NEVER {
+                    entry.idle_expires = now.saturating_add(tti);
+                }
+                Ok(Some(&entry.value))
+            }
+        }
+    }
+
+    /// Whether a live entry exists; not a read (no hit, no miss, no TTI refresh).
+    pub fn contains(
+        &mut self,
+        hash: u64,
+        eq: impl FnMut(&K) -> Match,
+        now: Tick,
+        graveyard: &mut Graveyard<K, V>,
+    ) -> Result<bool, Undecided> {
+        Ok(self.find_live(hash, eq, now, graveyard)?.is_some())
+    }
+
+    /// Ticks until the entry expires (`NEVER` if it does not), or `None` if it is absent.
+    pub fn remaining(
+        &mut self,
+        hash: u64,
+        eq: impl FnMut(&K) -> Match,
+        now: Tick,
+        graveyard: &mut Graveyard<K, V>,
+    ) -> Result<Option<Tick>, Undecided> {
+        Ok(self.find_live(hash, eq, now, graveyard)?.map(|index| {
+            let deadline = self.entry(index).deadline();
+            if deadline == NEVER {
+                NEVER
+            } else {
+                deadline - now
+            }
+        }))
+    }
+
+    /// Inserts or updates. An update keeps the stored key and the entry's place in the queues.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        eq: impl FnMut(&K) -> Match,
+        options: Insert,
+        now: Tick,
+        graveyard: &mut Graveyard<K, V>,
+    ) -> Result<Inserted, Undecided> {
+        let existing = self.find_live(hash, eq, now, graveyard)?;
+        let ttl = options.ttl.unwrap_or(self.config.ttl);
+        let expires = now.saturating_add(ttl);
+        let idle_expires = now.saturating_add(self.config.tti);
+        let tags = options.tags.map(Box::new);
+        if self
+            .config
+            .max_weight
+            .is_some_and(|max| options.weight > max)
+        {
+            if let Some(index) = existing {
+                self.remove_at(index, Cause::Evicted, graveyard);
+            } else {
+                self.stats.evictions += 1;
+            }
+            graveyard.push((key, value));
+            return Ok(Inserted::TooHeavy);
+        }
+        let outcome = match existing {
+            Some(index) => {
+                self.untag(index);
+                let weighed = self.config.max_weight.is_some();
+                let entry = self.entry_mut(index);
+                let old_value = std::mem::replace(&mut entry.value, value);
+                let old_weight = std::mem::replace(&mut entry.weight, options.weight);
+                let in_small = !entry.in_main;
+                entry.expires = expires;
+                entry.idle_expires = idle_expires;
+                entry.tags = tags;
+                self.weight = self.weight - old_weight + options.weight;
+                if in_small && weighed {
+                    self.small_units = self.small_units - old_weight + options.weight;
+                }
+                self.tag(index);
+                graveyard.push((key, old_value));
+                self.stats.updates += 1;
+                Inserted::Updated
+            }
+            None => {
+                let in_main = self.ghost.contains(hash);
+                let entry = Entry {
+                    key,
+                    value,
+                    hash,
+                    expires,
+                    idle_expires,
+                    tags,
+                    weight: options.weight,
+                    freq: 0,
+                    in_main,
+                };
+                let units = self.units(&entry);
+                let index = self.occupy(entry);
+                let generation = self.slots[index as usize].generation;
+                let slots = &self.slots;
+                self.table.insert_unique(hash, index, |&i| {
+                    slots[i as usize].entry.as_ref().map_or(0, |e| e.hash)
+                });
+                if in_main {
+                    self.main.push_back(position(index, generation));
+                } else {
+                    self.small.push_back(position(index, generation));
+                    self.small_units += units;
+                }
+                self.len += 1;
+                self.weight += options.weight;
+                self.tag(index);
+                self.stats.inserts += 1;
+                Inserted::New
+            }
+        };
+        self.earliest_deadline = self.earliest_deadline.min(expires.min(idle_expires));
+        self.enforce_bounds(graveyard);
+        Ok(outcome)
+    }
+
+    /// Removes the entry for a key (the user's delete) and gives it back.
+    pub fn remove(
+        &mut self,
+        hash: u64,
+        eq: impl FnMut(&K) -> Match,
+        now: Tick,
+        graveyard: &mut Graveyard<K, V>,
+    ) -> Result<Option<(K, V)>, Undecided> {
+        let Some(index) = self.find_live(hash, eq, now, graveyard)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.take_at(index, Cause::Invalidated)))
+    }
+
+    /// Removes every entry tagged `tag`; returns how many.
+    pub fn invalidate_tag(
+        &mut self,
+        tag: &str,
+        now: Tick,
+        graveyard: &mut Graveyard<K, V>,
+    ) -> usize {
+        let Some(members) = self.tags.remove(tag) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for member in members {
+            let Some(index) = self.current(member, None) else {
+                continue;
+            };
+            let expired = self.entry(index).deadline() <= now;
+            let cause = if expired {
+                Cause::Expired
+            } else {
+                removed += 1;
+                Cause::Invalidated
+            };
+            self.remove_at(index, cause, graveyard);
+        }
+        removed
+    }
+
+    /// Removes every entry.
+    pub fn clear(&mut self, graveyard: &mut Graveyard<K, V>) {
+        self.stats.invalidations += self.len as u64;
+        for slot in &mut self.slots {
+            if let Some(entry) = slot.entry.take() {
+                graveyard.push((entry.key, entry.value));
+            }
+        }
+        self.slots.clear();
+        self.free.clear();
+        self.table.clear();
+        self.small.clear();
+        self.main.clear();
+        self.ghost.clear();
+        self.tags.clear();
+        self.len = 0;
+        self.weight = 0;
+        self.small_units = 0;
+        self.earliest_deadline = NEVER;
+    }
+
+    /// Removes every expired entry; returns how many. Free when nothing can have expired yet.
+    pub fn purge_expired(&mut self, now: Tick, graveyard: &mut Graveyard<K, V>) -> usize {
+        if now < self.earliest_deadline {
+            return 0;
+        }
+        let mut removed = 0;
+        let mut earliest = NEVER;
+        for index in 0..self.slots.len() as u32 {
+            let Some(entry) = self.slots[index as usize].entry.as_ref() else {
+                continue;
+            };
+            let deadline = entry.deadline();
+            if deadline <= now {
+                self.remove_at(index, Cause::Expired, graveyard);
+                removed += 1;
+            } else {
+                earliest = earliest.min(deadline);
+            }
+        }
+        self.earliest_deadline = earliest;
+        self.shrink_if_sparse();
+        removed
+    }
+
+    /// The live entries, in no particular order (purge first to leave out expired ones).
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.entry.as_ref().map(|e| (&e.key, &e.value)))
+    }
+
+    fn occupy(&mut self, entry: Entry<K, V>) -> u32 {
+        if let Some(index) = self.free.pop() {
+            self.slots[index as usize].entry = Some(entry);
+            return index;
+        }
+        let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 entries");
+        self.slots.push(Slot {
+            generation: 0,
+            entry: Some(entry),
+        });
+        index
+    }
+
+    fn tag(&mut self, index: u32) {
+        let generation = self.slots[index as usize].generation;
+        let Some(tags) = self.slots[index as usize]
+            .entry
+            .as_ref()
+            .and_then(|e| e.tags.as_ref())
+        else {
+            return;
+        };
+        for tag in tags.iter() {
+            if let Some(members) = self.tags.get_mut(tag) {
+                members.insert(position(index, generation));
+            } else {
+                let mut members = HashSet::new();
+                members.insert(position(index, generation));
+                self.tags.insert(tag.clone(), members);
+            }
+        }
+    }
+
+    fn untag(&mut self, index: u32) {
+        let slot = &self.slots[index as usize];
+        let member = position(index, slot.generation);
+        let Some(tags) = slot.entry.as_ref().and_then(|e| e.tags.as_ref()) else {
+            return;
+        };
+        for tag in tags.iter() {
+            if let Some(members) = self.tags.get_mut(tag) {
+                members.remove(&member);
+                if members.is_empty() {
+                    self.tags.remove(tag);
+                }
+            }
+        }
+    }
+
+    /// The slot of a queued position if it still holds the entry queued there (and, when
+    /// `in_main` is given, that entry is in that queue).
+    fn current(&self, at: Position, in_main: Option<bool>) -> Option<u32> {
+        let (index, generation) = split(at);
+        let slot = self.slots.get(index as usize)?;
+        let entry = slot.entry.as_ref()?;
+        (slot.generation == generation && in_main.is_none_or(|m| entry.in_main == m))
+            .then_some(index)
+    }
+
+    fn remove_at(&mut self, index: u32, cause: Cause, graveyard: &mut Graveyard<K, V>) {
+        let removed = self.take_at(index, cause);
+        graveyard.push(removed);
+    }
+
+    fn take_at(&mut self, index: u32, cause: Cause) -> (K, V) {
+        self.untag(index);
+        let slot = &mut self.slots[index as usize];
+        let entry = slot.entry.take().expect("removing an occupied slot");
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(index);
+        if let Ok(found) = self.table.find_entry(entry.hash, |&i| i == index) {
+            found.remove();
+        }
+        self.len -= 1;
+        self.weight -= entry.weight;
+        if !entry.in_main {
+            self.small_units -= if self.config.max_weight.is_some() {
+                entry.weight
+            } else {
+                1
+            };
+        }
+        match cause {
+            Cause::Evicted => self.stats.evictions += 1,
+            Cause::Expired => self.stats.expirations += 1,
+            Cause::Invalidated => self.stats.invalidations += 1,
+        }
+        self.compact_queues_if_stale();
+        (entry.key, entry.value)
+    }
+
+    fn over_bounds(&self) -> bool {
+        self.len > self.config.max_size
+            || self.config.max_weight.is_some_and(|max| self.weight > max)
+    }
+
+    fn enforce_bounds(&mut self, graveyard: &mut Graveyard<K, V>) {
+        while self.over_bounds() && self.evict_one(graveyard) {}
+    }
+
+    /// Pops the front of a queue: `None` when it is empty, `Some(None)` for a stale position.
+    fn pop_current(&mut self, from_main: bool) -> Option<Option<u32>> {
+        let queue = if from_main {
+            &mut self.main
+        } else {
+            &mut self.small
+        };
+        let at = queue.pop_front()?;
+        Some(self.current(at, Some(from_main)))
+    }
+
+    /// Evicts one entry by S3-FIFO; false if there was nothing to evict.
+    fn evict_one(&mut self, graveyard: &mut Graveyard<K, V>) -> bool {
+        let weighed = self.config.max_weight.is_some();
+        loop {
+            let from_small = self.small_units > self.small_target || self.main.is_empty();
+            if from_small {
+                let Some(popped) = self.pop_current(false) else {
+                    // Every small entry has a position in small, so small is empty.
+                    debug_assert_eq!(self.small_units, 0);
+                    self.small_units = 0;
+                    if self.main.is_empty() {
+                        return false;
+                    }
+                    continue;
+                };
+                let Some(index) = popped else { continue };
+                let entry = self.entry_mut(index);
+                if entry.freq >= PROMOTE_AT {
+                    entry.freq = 0;
+                    entry.in_main = true;
+                    let units = if weighed { entry.weight } else { 1 };
+                    let generation = self.slots[index as usize].generation;
+                    self.small_units -= units;
+                    self.main.push_back(position(index, generation));
+                } else {
+                    let hash = entry.hash;
+                    self.ghost.remember(hash);
+                    self.remove_at(index, Cause::Evicted, graveyard);
+                    return true;
+                }
+            } else {
+                let Some(popped) = self.pop_current(true) else {
+                    continue;
+                };
+                let Some(index) = popped else { continue };
+                let entry = self.entry_mut(index);
+                if entry.freq > 0 {
+                    entry.freq -= 1;
+                    let generation = self.slots[index as usize].generation;
+                    self.main.push_back(position(index, generation));
+                } else {
+                    self.remove_at(index, Cause::Evicted, graveyard);
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Positions of removed entries stay queued until popped; deletes without evictions would
+    /// let them pile up, so the queues are rebuilt once they are mostly stale.
+    fn compact_queues_if_stale(&mut self) {
+        if self.small.len() + self.main.len() > 2 * self.len + 64 {
+            self.compact_queues();
+        }
+    }
+
+    fn compact_queues(&mut self) {
+        let mut small = std::mem::take(&mut self.small);
+        small.retain(|&at| self.current(at, Some(false)).is_some());
+        self.small = small;
+        let mut main = std::mem::take(&mut self.main);
+        main.retain(|&at| self.current(at, Some(true)).is_some());
+        self.main = main;
+    }
+
+    /// Gives memory back after a cache shrank to a small part of its peak (a mass expiry).
+    fn shrink_if_sparse(&mut self) {
+        if self.slots.len() < 1024 || self.len * 4 > self.slots.len() {
+            return;
+        }
+        // Slots are addressed by index, so only a tail of free slots can be released.
+        while self.slots.last().is_some_and(|slot| slot.entry.is_none()) {
+            self.slots.pop();
+        }
+        let kept = self.slots.len() as u32;
+        self.free.retain(|&index| index < kept);
+        self.slots.shrink_to_fit();
+        self.free.shrink_to_fit();
+        let slots = &self.slots;
+        self.table
+            .shrink_to_fit(|&i| slots[i as usize].entry.as_ref().map_or(0, |e| e.hash));
+        // Released slots restart at generation 0: no old position may point at them.
+        self.compact_queues();
+        self.small.shrink_to_fit();
+        self.main.shrink_to_fit();
+    }
+}
