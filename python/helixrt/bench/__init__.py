@@ -22,6 +22,7 @@ __all__ = ["COMPONENTS", "Context", "Row", "run_bench"]
 # Component name -> the module whose `rows(ctx)` measures it, in table order.
 COMPONENTS: dict[str, str] = {
     "core": "helixrt.bench.core",
+    "cache": "helixrt.bench.cache",
 }
 
 

@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal, TextIO
 
@@ -89,7 +89,7 @@ def _calibrate(fn: Callable[[], object], budget: float) -> int:
 
 
 def compare_time(
-    ctx: Context, candidates: dict[str, Callable[[], object]], ops: int = 1
+    ctx: Context, candidates: Mapping[str, Callable[[], object]], ops: int = 1
 ) -> dict[str, float]:
     """Nanoseconds per operation for each candidate, measured interleaved.
 
