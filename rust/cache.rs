@@ -12,6 +12,10 @@
 //! goes straight to main. Main is a CLOCK-like FIFO that gives each hit entry another lap. One-hit
 //! wonders and scans pass through the small queue without displacing the hot set, and a hit only
 //! bumps a counter in the entry: no list is reordered on the read path.
+//!
+//! Memory: entries live in one slab (`slots`) found through a table of 4-byte slot indices; the
+//! two queues are linked through 4-byte slot indices inside the entries, and tags live in side
+//! tables, so an untagged entry costs 56 bytes in the slab plus 5 to 10 bytes of table.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -99,12 +103,14 @@ struct Entry<K, V> {
     expires: Tick,
     /// Absolute deadline from the TTI, moved on each read.
     idle_expires: Tick,
-    // Thin pointer: most entries have no tags, and those pay 8 bytes, not 16.
-    #[allow(clippy::box_collection)]
-    tags: Option<Box<Box<[Box<str>]>>>,
-    weight: u64,
+    weight: u32,
+    /// Neighbours in its queue: towards the front (older) and the back (newer).
+    prev: u32,
+    next: u32,
     freq: u8,
     in_main: bool,
+    /// Whether `Cache::entry_tags` holds this entry's tags.
+    tagged: bool,
 }
 
 impl<K, V> Entry<K, V> {
@@ -114,21 +120,26 @@ impl<K, V> Entry<K, V> {
     }
 }
 
-struct Slot<K, V> {
-    generation: u32,
-    entry: Option<Entry<K, V>>,
+/// No slot: the end of a queue.
+const NIL: u32 = u32::MAX;
+
+/// A FIFO queue of slots, linked through `Entry::prev` and `Entry::next`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Queue {
+    /// The oldest entry, the next to leave.
+    front: u32,
+    back: u32,
 }
 
-/// A queue position: slot index and the slot's generation when queued. A position whose slot
-/// has since been freed (and perhaps reused) no longer matches and is skipped.
-type Position = u64;
+impl Queue {
+    const EMPTY: Queue = Queue {
+        front: NIL,
+        back: NIL,
+    };
 
-fn position(index: u32, generation: u32) -> Position {
-    (u64::from(index) << 32) | u64::from(generation)
-}
-
-fn split(position: Position) -> (u32, u32) {
-    ((position >> 32) as u32, position as u32)
+    fn is_empty(&self) -> bool {
+        self.front == NIL
+    }
 }
 
 /// A hasher for keys that are already well-mixed 64-bit hashes: passes them through.
@@ -202,12 +213,15 @@ pub struct Cache<K, V> {
     /// Size of the small queue the policy aims for, in units (entries, or weight when weighed).
     small_target: u64,
     table: HashTable<u32>,
-    slots: Vec<Slot<K, V>>,
+    slots: Vec<Option<Entry<K, V>>>,
     free: Vec<u32>,
-    small: VecDeque<Position>,
-    main: VecDeque<Position>,
+    small: Queue,
+    main: Queue,
     ghost: Ghost,
-    tags: HashMap<Box<str>, HashSet<Position>>,
+    /// Tag -> slots of the entries that carry it.
+    tags: HashMap<Box<str>, HashSet<u32>>,
+    /// Slot -> its entry's tags (only for tagged entries).
+    entry_tags: HashMap<u32, Box<[Box<str>]>>,
     len: usize,
     weight: u64,
     small_units: u64,
@@ -226,10 +240,11 @@ impl<K, V> Cache<K, V> {
             table: HashTable::new(),
             slots: Vec::new(),
             free: Vec::new(),
-            small: VecDeque::new(),
-            main: VecDeque::new(),
+            small: Queue::EMPTY,
+            main: Queue::EMPTY,
             ghost: Ghost::new(config.max_size - (config.max_size / 10)),
             tags: HashMap::new(),
+            entry_tags: HashMap::new(),
             len: 0,
             weight: 0,
             small_units: 0,
@@ -258,23 +273,21 @@ impl<K, V> Cache<K, V> {
     #[inline]
     fn entry(&self, index: u32) -> &Entry<K, V> {
         self.slots[index as usize]
-            .entry
             .as_ref()
-            .expect("the table only holds occupied slots")
+            .expect("the table and the queues only hold occupied slots")
     }
 
     #[inline]
     fn entry_mut(&mut self, index: u32) -> &mut Entry<K, V> {
         self.slots[index as usize]
-            .entry
             .as_mut()
-            .expect("the table only holds occupied slots")
+            .expect("the table and the queues only hold occupied slots")
     }
 
     #[inline]
     fn units(&self, entry: &Entry<K, V>) -> u64 {
         if self.config.max_weight.is_some() {
-            entry.weight
+            u64::from(entry.weight)
         } else {
             1
         }
@@ -286,7 +299,7 @@ impl<K, V> Cache<K, V> {
         let mut undecided = false;
         let slots = &self.slots;
         let found = self.table.find(hash, |&index| {
-            let Some(entry) = slots[index as usize].entry.as_ref() else {
+            let Some(entry) = slots[index as usize].as_ref() else {
                 return false;
             };
             if entry.hash != hash {
@@ -330,7 +343,7 @@ impl<K, V> Cache<K, V> {
     /// Keys stored under `hash`, for a caller that must compare them outside its lock.
     pub fn keys_with_hash(&self, hash: u64) -> impl Iterator<Item = &K> + '_ {
         self.table.iter_hash(hash).filter_map(move |&index| {
-            let entry = self.slots[index as usize].entry.as_ref()?;
+            let entry = self.slots[index as usize].as_ref()?;
             (entry.hash == hash).then_some(&entry.key)
         })
     }
@@ -407,12 +420,10 @@ impl<K, V> Cache<K, V> {
         let ttl = options.ttl.unwrap_or(self.config.ttl);
         let expires = now.saturating_add(ttl);
         let idle_expires = now.saturating_add(self.config.tti);
-        let tags = options.tags.map(Box::new);
-        if self
-            .config
-            .max_weight
-            .is_some_and(|max| options.weight > max)
-        {
+        // An entry's own weight is stored in 32 bits; heavier ones could never fit a real bound.
+        let weight = u32::try_from(options.weight).ok();
+        let bound = self.config.max_weight.unwrap_or(u64::MAX);
+        let Some(weight) = weight.filter(|&w| u64::from(w) <= bound) else {
             if let Some(index) = existing {
                 self.remove_at(index, Cause::Evicted, graveyard);
             } else {
@@ -420,23 +431,22 @@ impl<K, V> Cache<K, V> {
             }
             graveyard.push((key, value));
             return Ok(Inserted::TooHeavy);
-        }
+        };
         let outcome = match existing {
             Some(index) => {
                 self.untag(index);
                 let weighed = self.config.max_weight.is_some();
                 let entry = self.entry_mut(index);
                 let old_value = std::mem::replace(&mut entry.value, value);
-                let old_weight = std::mem::replace(&mut entry.weight, options.weight);
+                let old_weight = u64::from(std::mem::replace(&mut entry.weight, weight));
                 let in_small = !entry.in_main;
                 entry.expires = expires;
                 entry.idle_expires = idle_expires;
-                entry.tags = tags;
-                self.weight = self.weight - old_weight + options.weight;
+                self.weight = self.weight - old_weight + u64::from(weight);
                 if in_small && weighed {
-                    self.small_units = self.small_units - old_weight + options.weight;
+                    self.small_units = self.small_units - old_weight + u64::from(weight);
                 }
-                self.tag(index);
+                self.tag(index, options.tags);
                 graveyard.push((key, old_value));
                 self.stats.updates += 1;
                 Inserted::Updated
@@ -449,27 +459,26 @@ impl<K, V> Cache<K, V> {
                     hash,
                     expires,
                     idle_expires,
-                    tags,
-                    weight: options.weight,
+                    weight,
+                    prev: NIL,
+                    next: NIL,
                     freq: 0,
                     in_main,
+                    tagged: false,
                 };
                 let units = self.units(&entry);
                 let index = self.occupy(entry);
-                let generation = self.slots[index as usize].generation;
                 let slots = &self.slots;
                 self.table.insert_unique(hash, index, |&i| {
-                    slots[i as usize].entry.as_ref().map_or(0, |e| e.hash)
+                    slots[i as usize].as_ref().map_or(0, |e| e.hash)
                 });
-                if in_main {
-                    self.main.push_back(position(index, generation));
-                } else {
-                    self.small.push_back(position(index, generation));
+                self.push_back(index);
+                if !in_main {
                     self.small_units += units;
                 }
                 self.len += 1;
-                self.weight += options.weight;
-                self.tag(index);
+                self.weight += u64::from(weight);
+                self.tag(index, options.tags);
                 self.stats.inserts += 1;
                 Inserted::New
             }
@@ -504,10 +513,7 @@ impl<K, V> Cache<K, V> {
             return 0;
         };
         let mut removed = 0;
-        for member in members {
-            let Some(index) = self.current(member, None) else {
-                continue;
-            };
+        for index in members {
             let expired = self.entry(index).deadline() <= now;
             let cause = if expired {
                 Cause::Expired
@@ -523,18 +529,16 @@ impl<K, V> Cache<K, V> {
     /// Removes every entry.
     pub fn clear(&mut self, graveyard: &mut Graveyard<K, V>) {
         self.stats.invalidations += self.len as u64;
-        for slot in &mut self.slots {
-            if let Some(entry) = slot.entry.take() {
-                graveyard.push((entry.key, entry.value));
-            }
+        for entry in self.slots.drain(..).flatten() {
+            graveyard.push((entry.key, entry.value));
         }
-        self.slots.clear();
         self.free.clear();
         self.table.clear();
-        self.small.clear();
-        self.main.clear();
+        self.small = Queue::EMPTY;
+        self.main = Queue::EMPTY;
         self.ghost.clear();
         self.tags.clear();
+        self.entry_tags.clear();
         self.len = 0;
         self.weight = 0;
         self.small_units = 0;
@@ -549,7 +553,7 @@ impl<K, V> Cache<K, V> {
         let mut removed = 0;
         let mut earliest = NEVER;
         for index in 0..self.slots.len() as u32 {
-            let Some(entry) = self.slots[index as usize].entry.as_ref() else {
+            let Some(entry) = self.slots[index as usize].as_ref() else {
                 continue;
             };
             let deadline = entry.deadline();
@@ -569,66 +573,91 @@ impl<K, V> Cache<K, V> {
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
         self.slots
             .iter()
-            .filter_map(|slot| slot.entry.as_ref().map(|e| (&e.key, &e.value)))
+            .filter_map(|slot| slot.as_ref().map(|e| (&e.key, &e.value)))
     }
 
     fn occupy(&mut self, entry: Entry<K, V>) -> u32 {
         if let Some(index) = self.free.pop() {
-            self.slots[index as usize].entry = Some(entry);
+            self.slots[index as usize] = Some(entry);
             return index;
         }
-        let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 entries");
-        self.slots.push(Slot {
-            generation: 0,
-            entry: Some(entry),
-        });
+        let index = u32::try_from(self.slots.len())
+            .ok()
+            .filter(|&index| index != NIL)
+            .expect("fewer than 2^32 - 1 entries");
+        self.slots.push(Some(entry));
         index
     }
 
-    fn tag(&mut self, index: u32) {
-        let generation = self.slots[index as usize].generation;
-        let Some(tags) = self.slots[index as usize]
-            .entry
-            .as_ref()
-            .and_then(|e| e.tags.as_ref())
-        else {
-            return;
-        };
-        for tag in tags.iter() {
-            if let Some(members) = self.tags.get_mut(tag) {
-                members.insert(position(index, generation));
-            } else {
-                let mut members = HashSet::new();
-                members.insert(position(index, generation));
-                self.tags.insert(tag.clone(), members);
-            }
+    fn queue_mut(&mut self, in_main: bool) -> &mut Queue {
+        if in_main {
+            &mut self.main
+        } else {
+            &mut self.small
         }
     }
 
-    fn untag(&mut self, index: u32) {
-        let slot = &self.slots[index as usize];
-        let member = position(index, slot.generation);
-        let Some(tags) = slot.entry.as_ref().and_then(|e| e.tags.as_ref()) else {
+    /// Appends the entry at `index` to the back of its queue (`Entry::in_main` says which).
+    fn push_back(&mut self, index: u32) {
+        let in_main = self.entry(index).in_main;
+        let back = self.queue_mut(in_main).back;
+        let entry = self.entry_mut(index);
+        entry.prev = back;
+        entry.next = NIL;
+        if back == NIL {
+            self.queue_mut(in_main).front = index;
+        } else {
+            self.entry_mut(back).next = index;
+        }
+        self.queue_mut(in_main).back = index;
+    }
+
+    /// Takes the entry at `index` out of its queue.
+    fn unlink(&mut self, index: u32) {
+        let entry = self.entry(index);
+        let (prev, next, in_main) = (entry.prev, entry.next, entry.in_main);
+        if prev == NIL {
+            self.queue_mut(in_main).front = next;
+        } else {
+            self.entry_mut(prev).next = next;
+        }
+        if next == NIL {
+            self.queue_mut(in_main).back = prev;
+        } else {
+            self.entry_mut(next).prev = prev;
+        }
+    }
+
+    fn tag(&mut self, index: u32, tags: Option<Box<[Box<str>]>>) {
+        let Some(tags) = tags else {
             return;
         };
         for tag in tags.iter() {
             if let Some(members) = self.tags.get_mut(tag) {
-                members.remove(&member);
+                members.insert(index);
+            } else {
+                self.tags.insert(tag.clone(), HashSet::from([index]));
+            }
+        }
+        self.entry_tags.insert(index, tags);
+        self.entry_mut(index).tagged = true;
+    }
+
+    fn untag(&mut self, index: u32) {
+        if !std::mem::replace(&mut self.entry_mut(index).tagged, false) {
+            return;
+        }
+        let Some(tags) = self.entry_tags.remove(&index) else {
+            return;
+        };
+        for tag in tags.iter() {
+            if let Some(members) = self.tags.get_mut(tag) {
+                members.remove(&index);
                 if members.is_empty() {
                     self.tags.remove(tag);
                 }
             }
         }
-    }
-
-    /// The slot of a queued position if it still holds the entry queued there (and, when
-    /// `in_main` is given, that entry is in that queue).
-    fn current(&self, at: Position, in_main: Option<bool>) -> Option<u32> {
-        let (index, generation) = split(at);
-        let slot = self.slots.get(index as usize)?;
-        let entry = slot.entry.as_ref()?;
-        (slot.generation == generation && in_main.is_none_or(|m| entry.in_main == m))
-            .then_some(index)
     }
 
     fn remove_at(&mut self, index: u32, cause: Cause, graveyard: &mut Graveyard<K, V>) {
@@ -638,28 +667,24 @@ impl<K, V> Cache<K, V> {
 
     fn take_at(&mut self, index: u32, cause: Cause) -> (K, V) {
         self.untag(index);
-        let slot = &mut self.slots[index as usize];
-        let entry = slot.entry.take().expect("removing an occupied slot");
-        slot.generation = slot.generation.wrapping_add(1);
+        self.unlink(index);
+        let entry = self.slots[index as usize]
+            .take()
+            .expect("removing an occupied slot");
         self.free.push(index);
         if let Ok(found) = self.table.find_entry(entry.hash, |&i| i == index) {
             found.remove();
         }
         self.len -= 1;
-        self.weight -= entry.weight;
+        self.weight -= u64::from(entry.weight);
         if !entry.in_main {
-            self.small_units -= if self.config.max_weight.is_some() {
-                entry.weight
-            } else {
-                1
-            };
+            self.small_units -= self.units(&entry);
         }
         match cause {
             Cause::Evicted => self.stats.evictions += 1,
             Cause::Expired => self.stats.expirations += 1,
             Cause::Invalidated => self.stats.invalidations += 1,
         }
-        self.compact_queues_if_stale();
         (entry.key, entry.value)
     }
 
@@ -672,57 +697,36 @@ impl<K, V> Cache<K, V> {
         while self.over_bounds() && self.evict_one(graveyard) {}
     }
 
-    /// Pops the front of a queue: `None` when it is empty, `Some(None)` for a stale position.
-    fn pop_current(&mut self, from_main: bool) -> Option<Option<u32>> {
-        let queue = if from_main {
-            &mut self.main
-        } else {
-            &mut self.small
-        };
-        let at = queue.pop_front()?;
-        Some(self.current(at, Some(from_main)))
-    }
-
     /// Evicts one entry by S3-FIFO; false if there was nothing to evict.
     fn evict_one(&mut self, graveyard: &mut Graveyard<K, V>) -> bool {
-        let weighed = self.config.max_weight.is_some();
         loop {
-            let from_small = self.small_units > self.small_target || self.main.is_empty();
+            if self.small.is_empty() && self.main.is_empty() {
+                return false;
+            }
+            let from_small = !self.small.is_empty()
+                && (self.small_units > self.small_target || self.main.is_empty());
             if from_small {
-                let Some(popped) = self.pop_current(false) else {
-                    // Every small entry has a position in small, so small is empty.
-                    debug_assert_eq!(self.small_units, 0);
-                    self.small_units = 0;
-                    if self.main.is_empty() {
-                        return false;
-                    }
-                    continue;
-                };
-                let Some(index) = popped else { continue };
-                let entry = self.entry_mut(index);
-                if entry.freq >= PROMOTE_AT {
+                let index = self.small.front;
+                if self.entry(index).freq >= PROMOTE_AT {
+                    self.unlink(index);
+                    let units = self.units(self.entry(index));
+                    let entry = self.entry_mut(index);
                     entry.freq = 0;
                     entry.in_main = true;
-                    let units = if weighed { entry.weight } else { 1 };
-                    let generation = self.slots[index as usize].generation;
                     self.small_units -= units;
-                    self.main.push_back(position(index, generation));
+                    self.push_back(index);
                 } else {
-                    let hash = entry.hash;
-                    self.ghost.remember(hash);
+                    self.ghost.remember(self.entry(index).hash);
                     self.remove_at(index, Cause::Evicted, graveyard);
                     return true;
                 }
             } else {
-                let Some(popped) = self.pop_current(true) else {
-                    continue;
-                };
-                let Some(index) = popped else { continue };
+                let index = self.main.front;
                 let entry = self.entry_mut(index);
                 if entry.freq > 0 {
                     entry.freq -= 1;
-                    let generation = self.slots[index as usize].generation;
-                    self.main.push_back(position(index, generation));
+                    self.unlink(index);
+                    self.push_back(index);
                 } else {
                     self.remove_at(index, Cause::Evicted, graveyard);
                     return true;
@@ -731,43 +735,23 @@ impl<K, V> Cache<K, V> {
         }
     }
 
-    /// Positions of removed entries stay queued until popped; deletes without evictions would
-    /// let them pile up, so the queues are rebuilt once they are mostly stale.
-    fn compact_queues_if_stale(&mut self) {
-        if self.small.len() + self.main.len() > 2 * self.len + 64 {
-            self.compact_queues();
-        }
-    }
-
-    fn compact_queues(&mut self) {
-        let mut small = std::mem::take(&mut self.small);
-        small.retain(|&at| self.current(at, Some(false)).is_some());
-        self.small = small;
-        let mut main = std::mem::take(&mut self.main);
-        main.retain(|&at| self.current(at, Some(true)).is_some());
-        self.main = main;
-    }
-
     /// Gives memory back after a cache shrank to a small part of its peak (a mass expiry).
     fn shrink_if_sparse(&mut self) {
         if self.slots.len() < 1024 || self.len * 4 > self.slots.len() {
             return;
         }
         // Slots are addressed by index, so only a tail of free slots can be released.
-        while self.slots.last().is_some_and(|slot| slot.entry.is_none()) {
+        while self.slots.last().is_some_and(Option::is_none) {
             self.slots.pop();
         }
         let kept = self.slots.len() as u32;
         self.free.retain(|&index| index < kept);
         self.slots.shrink_to_fit();
         self.free.shrink_to_fit();
+        self.entry_tags.shrink_to_fit();
         let slots = &self.slots;
         self.table
-            .shrink_to_fit(|&i| slots[i as usize].entry.as_ref().map_or(0, |e| e.hash));
-        // Released slots restart at generation 0: no old position may point at them.
-        self.compact_queues();
-        self.small.shrink_to_fit();
-        self.main.shrink_to_fit();
+            .shrink_to_fit(|&i| slots[i as usize].as_ref().map_or(0, |e| e.hash));
     }
 }
 
