@@ -138,7 +138,9 @@ fn walk<K, V>(cache: &Cache<K, V>, queue: Queue) -> Vec<u32> {
     let mut prev = NIL;
     let mut at = queue.front;
     while at != NIL {
-        let entry = cache.slots[at as usize].as_ref().expect("queued slot is occupied");
+        let entry = cache.slots[at as usize]
+            .as_ref()
+            .expect("queued slot is occupied");
         assert_eq!(entry.prev, prev, "slot {at}: prev link");
         order.push(at);
         assert!(order.len() <= cache.slots.len(), "queue has a cycle");
@@ -181,8 +183,17 @@ fn check_invariants<K, V>(cache: &Cache<K, V>) {
         } else {
             assert_eq!((in_small, in_main), (1, 0), "entry {index} queued wrongly");
         }
-        assert_eq!(entry.tagged, cache.entry_tags.contains_key(&index), "entry {index} tagged");
-        for tag in cache.entry_tags.get(&index).iter().flat_map(|tags| tags.iter()) {
+        assert_eq!(
+            entry.tagged,
+            cache.entry_tags.contains_key(&index),
+            "entry {index} tagged"
+        );
+        for tag in cache
+            .entry_tags
+            .get(&index)
+            .iter()
+            .flat_map(|tags| tags.iter())
+        {
             tagged.entry(tag).or_default().insert(index);
         }
     }
@@ -708,7 +719,10 @@ fn purge_with_a_live_tail_keeps_only_live_entries_queued() {
     t.now = 10;
     assert_eq!(t.purge(), 4_990);
     assert_eq!(t.len(), 10);
-    assert_eq!(walk(&t.cache, t.cache.small).len() + walk(&t.cache, t.cache.main).len(), 10);
+    assert_eq!(
+        walk(&t.cache, t.cache.small).len() + walk(&t.cache, t.cache.main).len(),
+        10
+    );
     check_invariants(&t.cache);
     for key in 4_990..5_000 {
         assert_eq!(t.get(key), Some(key));
@@ -970,7 +984,10 @@ fn insert_remove_cycles_do_not_grow_the_queues() {
         let tags: &[&str] = if cycle % 3 == 0 { &["t"] } else { &[] };
         t.insert_with(cycle, cycle, with_tags(tags));
         assert_eq!(t.remove(cycle), Some((cycle, cycle)));
-        assert!(t.cache.small.is_empty() && t.cache.main.is_empty(), "cycle {cycle}");
+        assert!(
+            t.cache.small.is_empty() && t.cache.main.is_empty(),
+            "cycle {cycle}"
+        );
     }
     assert_eq!(t.len(), 0);
     assert_eq!(t.cache.slots.len(), 1);
