@@ -8,7 +8,13 @@ The Rust core raises these same classes (it imports this module on its first err
 
 from __future__ import annotations
 
-__all__ = ["CacheKeyError", "HelixError", "InvalidArgumentError", "InvalidTypeError"]
+__all__ = [
+    "CacheKeyError",
+    "HelixError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "ReentryError",
+]
 
 
 class HelixError(Exception):
@@ -25,3 +31,8 @@ class InvalidTypeError(HelixError, TypeError):
 
 class CacheKeyError(HelixError, KeyError):
     """The key is not in the cache (never set, expired, evicted or deleted)."""
+
+
+class ReentryError(HelixError, RuntimeError):
+    """A helixrt object was used from inside one of its own operations (a bug in helixrt: its
+    Rust core never runs Python code while it holds an object's state)."""

@@ -12,23 +12,28 @@
 //! The GIL is held for the whole of every call; the lock is only ever taken by a thread holding
 //! it, and never across a call into Python.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::bindings::exclusive::{Exclusive, Guard};
 use crate::cache::{Cache, Config, Graveyard, Insert, Match, Undecided};
 use crate::clock::{ticks_from_secs, Clock, Tick, NEVER};
 use crate::errors::{helix_error, Error};
 
 type PyCache = Cache<Py<PyAny>, Py<PyAny>>;
+type PyGraveyard = Graveyard<Py<PyAny>, Py<PyAny>>;
+/// hits, misses, inserts, updates, evictions, expirations, invalidations, size, weight.
+type StatsTuple = (u64, u64, u64, u64, u64, u64, u64, usize, u64);
+/// How an operation compares the caller's key with a stored one (see `compare`).
+type KeyEq<'a> = dyn FnMut(&Py<PyAny>) -> Match + 'a;
 type Decided = Vec<(Py<PyAny>, bool)>;
 
 #[pyclass(module = "helixrt._core", name = "L1Cache", subclass, frozen, weakref)]
 pub struct L1Cache {
-    inner: Mutex<PyCache>,
+    inner: Exclusive<PyCache>,
+    config: Config,
     clock: Clock,
     weigher: Option<Py<PyAny>>,
 }
@@ -65,7 +70,7 @@ fn compare(
     py: Python<'_>,
     probe: &Bound<'_, PyAny>,
     probe_plain: bool,
-    decided: &Decided,
+    decided: &[(Py<PyAny>, bool)],
     stored: &Py<PyAny>,
 ) -> Match {
     if stored.as_ptr() == probe.as_ptr() {
@@ -86,6 +91,17 @@ fn compare(
         };
     }
     Match::Unknown
+}
+
+/// Drops what left the cache, now that the lock is released. Most operations remove nothing;
+/// they skip the call into `drop_in_place`.
+#[inline]
+fn bury(graveyard: PyGraveyard) {
+    if graveyard.capacity() == 0 {
+        std::mem::forget(graveyard);
+    } else {
+        drop(graveyard);
+    }
 }
 
 fn positive_seconds(name: &str, value: Option<f64>) -> Result<Tick, Error> {
@@ -119,8 +135,8 @@ fn parse_tags(tags: &Bound<'_, PyAny>) -> PyResult<Option<Box<[Box<str>]>>> {
 
 impl L1Cache {
     #[inline]
-    fn lock(&self) -> MutexGuard<'_, PyCache> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock<'a>(&'a self, py: Python<'a>) -> PyResult<Guard<'a, PyCache>> {
+        self.inner.lock(py)
     }
 
     /// Runs `op` on the cache for `key`, comparing keys as the module doc says; retries after
@@ -132,20 +148,51 @@ impl L1Cache {
         mut op: impl FnMut(
             &mut PyCache,
             u64,
-            &mut dyn FnMut(&Py<PyAny>) -> Match,
+            &mut KeyEq<'_>,
             Tick,
-            &mut Graveyard<Py<PyAny>, Py<PyAny>>,
+            &mut PyGraveyard,
         ) -> Result<R, Undecided>,
     ) -> PyResult<R> {
         let py = key.py();
         let hash = mix(key.hash()?);
         let plain = is_plain(key);
+        let mut graveyard = Vec::new();
+        let result = {
+            let mut cache = self.lock(py)?;
+            let now = self.clock.now();
+            let mut eq = |stored: &Py<PyAny>| compare(py, key, plain, &[], stored);
+            op(&mut cache, hash, &mut eq, now, &mut graveyard)
+        };
+        bury(graveyard);
+        match result {
+            Ok(value) => Ok(value),
+            Err(Undecided) => self.with_key_comparing(key, hash, plain, op),
+        }
+    }
+
+    /// The rest of `with_key` when some stored key can only be compared by running Python.
+    #[cold]
+    #[inline(never)]
+    fn with_key_comparing<R>(
+        &self,
+        key: &Bound<'_, PyAny>,
+        hash: u64,
+        plain: bool,
+        mut op: impl FnMut(
+            &mut PyCache,
+            u64,
+            &mut KeyEq<'_>,
+            Tick,
+            &mut PyGraveyard,
+        ) -> Result<R, Undecided>,
+    ) -> PyResult<R> {
+        let py = key.py();
         let mut decided: Decided = Vec::new();
         loop {
             let mut graveyard = Vec::new();
             let mut candidates = Vec::new();
             let result = {
-                let mut cache = self.lock();
+                let mut cache = self.lock(py)?;
                 let now = self.clock.now();
                 let mut eq = |stored: &Py<PyAny>| compare(py, key, plain, &decided, stored);
                 let result = op(&mut cache, hash, &mut eq, now, &mut graveyard);
@@ -159,7 +206,7 @@ impl L1Cache {
                 }
                 result
             };
-            drop(graveyard);
+            bury(graveyard);
             match result {
                 Ok(value) => return Ok(value),
                 Err(Undecided) => {
@@ -209,11 +256,13 @@ impl L1Cache {
         Ok(())
     }
 
-    fn purge(&self) -> usize {
+    fn purge(&self, py: Python<'_>) -> PyResult<usize> {
         let mut graveyard = Vec::new();
-        let removed = self.lock().purge_expired(self.clock.now(), &mut graveyard);
+        let removed = self
+            .lock(py)?
+            .purge_expired(self.clock.now(), &mut graveyard);
         drop(graveyard);
-        removed
+        Ok(removed)
     }
 }
 
@@ -263,7 +312,8 @@ impl L1Cache {
             tti: positive_seconds("tti", tti)?,
         };
         Ok(L1Cache {
-            inner: Mutex::new(Cache::new(config)),
+            inner: Exclusive::new(Cache::new(config)),
+            config,
             clock: if _manual_clock {
                 Clock::manual()
             } else {
@@ -275,24 +325,24 @@ impl L1Cache {
 
     #[getter]
     fn maxsize(&self) -> usize {
-        self.lock().config().max_size
+        self.config.max_size
     }
 
     #[getter]
     fn ttl(&self) -> Option<f64> {
-        let ttl = self.lock().config().ttl;
+        let ttl = self.config.ttl;
         (ttl != NEVER).then(|| ttl as f64 / 1e9)
     }
 
     #[getter]
     fn tti(&self) -> Option<f64> {
-        let tti = self.lock().config().tti;
+        let tti = self.config.tti;
         (tti != NEVER).then(|| tti as f64 / 1e9)
     }
 
     #[getter]
     fn max_weight(&self) -> Option<u64> {
-        self.lock().config().max_weight
+        self.config.max_weight
     }
 
     #[pyo3(signature = (key, default=None))]
@@ -431,43 +481,52 @@ impl L1Cache {
             .into());
         };
         let mut graveyard = Vec::new();
-        let removed = self
-            .lock()
-            .invalidate_tag(tag.to_str()?, self.clock.now(), &mut graveyard);
+        let removed =
+            self.lock(tag.py())?
+                .invalidate_tag(tag.to_str()?, self.clock.now(), &mut graveyard);
         drop(graveyard);
         Ok(removed)
     }
 
-    fn clear(&self) {
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
         let mut graveyard = Vec::new();
-        self.lock().clear(&mut graveyard);
+        self.lock(py)?.clear(&mut graveyard);
         drop(graveyard);
+        Ok(())
     }
 
-    fn __len__(&self) -> usize {
-        self.purge();
-        self.lock().len_unpurged()
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.purge(py)?;
+        Ok(self.lock(py)?.len_unpurged())
     }
 
     /// A snapshot of the live keys.
     fn _keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        self.purge();
-        let keys: Vec<Py<PyAny>> = self.lock().iter().map(|(k, _)| k.clone_ref(py)).collect();
+        self.purge(py)?;
+        let keys: Vec<Py<PyAny>> = self
+            .lock(py)?
+            .iter()
+            .map(|(k, _)| k.clone_ref(py))
+            .collect();
         PyList::new(py, keys)
     }
 
     /// A snapshot of the live values (not counted as reads).
     fn _values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        self.purge();
-        let values: Vec<Py<PyAny>> = self.lock().iter().map(|(_, v)| v.clone_ref(py)).collect();
+        self.purge(py)?;
+        let values: Vec<Py<PyAny>> = self
+            .lock(py)?
+            .iter()
+            .map(|(_, v)| v.clone_ref(py))
+            .collect();
         PyList::new(py, values)
     }
 
     /// A snapshot of the live (key, value) pairs (not counted as reads).
     fn _items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        self.purge();
+        self.purge(py)?;
         let items: Vec<(Py<PyAny>, Py<PyAny>)> = self
-            .lock()
+            .lock(py)?
             .iter()
             .map(|(k, v)| (k.clone_ref(py), v.clone_ref(py)))
             .collect();
@@ -480,11 +539,11 @@ impl L1Cache {
 
     /// Counters and gauges: (hits, misses, inserts, updates, evictions, expirations,
     /// invalidations, size, weight).
-    fn _stats(&self) -> (u64, u64, u64, u64, u64, u64, u64, usize, u64) {
-        self.purge();
-        let cache = self.lock();
+    fn _stats(&self, py: Python<'_>) -> PyResult<StatsTuple> {
+        self.purge(py)?;
+        let cache = self.lock(py)?;
         let s = cache.stats();
-        (
+        Ok((
             s.hits,
             s.misses,
             s.inserts,
@@ -494,12 +553,12 @@ impl L1Cache {
             s.invalidations,
             cache.len_unpurged(),
             cache.weight(),
-        )
+        ))
     }
 
     /// Removes expired entries now; the background sweeper calls this.
-    fn _purge_expired(&self) -> usize {
-        self.purge()
+    fn _purge_expired(&self, py: Python<'_>) -> PyResult<usize> {
+        self.purge(py)
     }
 
     /// Moves a manual clock (`_manual_clock=True`) forward; for tests.
@@ -511,9 +570,9 @@ impl L1Cache {
         if let Some(weigher) = &self.weigher {
             visit.call(weigher)?;
         }
-        // The collector may run while this thread holds the lock (an allocation under it):
+        // The collector may run while this thread is inside an operation (an allocation there):
         // then skip, which only makes the entries look referenced from outside, never freed.
-        if let Ok(cache) = self.inner.try_lock() {
+        if let Some(cache) = self.inner.try_lock() {
             for (key, value) in cache.iter() {
                 visit.call(key)?;
                 visit.call(value)?;
@@ -524,7 +583,7 @@ impl L1Cache {
 
     fn __clear__(&self) {
         let mut graveyard = Vec::new();
-        if let Ok(mut cache) = self.inner.try_lock() {
+        if let Some(mut cache) = self.inner.try_lock() {
             cache.clear(&mut graveyard);
         }
         drop(graveyard);

@@ -2,3 +2,4 @@
 //! its errors into Python exceptions.
 
 pub mod cache;
+pub mod exclusive;
