@@ -236,7 +236,9 @@ impl<K, V> Cache<K, V> {
         let units = config.max_weight.unwrap_or(config.max_size as u64);
         Cache {
             config,
-            small_target: (units / 10).max(1),
+            // The paper's small queue is 10%; 3% gave higher hit ratios on every Zipf trace
+            // `helixrt bench` replays, at a small cost when the hot set shifts.
+            small_target: (units / 33).max(1),
             table: HashTable::new(),
             slots: Vec::new(),
             free: Vec::new(),
