@@ -495,3 +495,18 @@ def test_cached_refuses_a_bad_ttl() -> None:
 def test_lazy_names() -> None:
     assert helixrt.L1Cache is L1Cache
     assert helixrt.cached is cached
+
+
+def test_stats_count_reads_and_the_hit_ratio() -> None:
+    cache = L1Cache()
+    assert cache.stats().hit_ratio == 0.0
+    cache["a"] = 1
+    cache["a"] = 2
+    cache.get("a")
+    cache.get("b")
+    _ = cache["a"]
+    assert "a" in cache  # not a read
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.inserts, stats.updates) == (2, 1, 1, 1)
+    assert stats.lookups == 3
+    assert stats.hit_ratio == pytest.approx(2 / 3)

@@ -53,15 +53,12 @@ class L1Stats:
     """Entries removed by the user: delete, pop, del, clear, invalidate_tag."""
     size: int
     weight: int
+    hit_ratio: float
+    """hits / (hits + misses); 0.0 before any lookup."""
 
     @property
     def lookups(self) -> int:
         return self.hits + self.misses
-
-    @property
-    def hit_ratio(self) -> float:
-        """hits / lookups (0.0 before any lookup)."""
-        return self.hits / self.lookups if self.lookups else 0.0
 
 
 class L1Cache(_core.L1Cache, MutableMapping[Any, Any]):
@@ -99,7 +96,22 @@ class L1Cache(_core.L1Cache, MutableMapping[Any, Any]):
         _SWEEPER.watch(self)
 
     def stats(self) -> L1Stats:
-        return L1Stats(*self._stats())
+        hits, misses, inserts, updates, evictions, expirations, invalidations, size, weight = (
+            self._stats()
+        )
+        lookups = hits + misses
+        return L1Stats(
+            hits=hits,
+            misses=misses,
+            inserts=inserts,
+            updates=updates,
+            evictions=evictions,
+            expirations=expirations,
+            invalidations=invalidations,
+            size=size,
+            weight=weight,
+            hit_ratio=hits / lookups if lookups else 0.0,
+        )
 
     def __repr__(self) -> str:
         return (
