@@ -13,6 +13,8 @@ __all__ = [
     "HelixError",
     "InvalidArgumentError",
     "InvalidTypeError",
+    "PoolClosedError",
+    "QueueFullError",
     "ReentryError",
 ]
 
@@ -36,3 +38,11 @@ class CacheKeyError(HelixError, KeyError):
 class ReentryError(HelixError, RuntimeError):
     """A helixrt object was used from inside one of its own operations (a bug in helixrt: its
     Rust core never runs Python code while it holds an object's state)."""
+
+
+class QueueFullError(HelixError, RuntimeError):
+    """A pool's queue is full and its policy is to refuse new work rather than wait."""
+
+
+class PoolClosedError(HelixError, RuntimeError):
+    """The pool no longer accepts work: it was shut down (or closed)."""
