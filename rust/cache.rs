@@ -528,10 +528,14 @@ impl<K, V> Cache<K, V> {
         removed
     }
 
-    /// Removes every entry.
-    pub fn clear(&mut self, graveyard: &mut Graveyard<K, V>) {
-        self.stats.invalidations += self.len as u64;
+    /// Removes every entry (the expired ones count as expirations, as everywhere else).
+    pub fn clear(&mut self, now: Tick, graveyard: &mut Graveyard<K, V>) {
         for entry in self.slots.drain(..).flatten() {
+            if entry.deadline() <= now {
+                self.stats.expirations += 1;
+            } else {
+                self.stats.invalidations += 1;
+            }
             graveyard.push((entry.key, entry.value));
         }
         self.free.clear();

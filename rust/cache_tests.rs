@@ -358,7 +358,7 @@ fn clear_hands_everything_back() {
     for key in 0..5 {
         t.insert_with(key, key * 10, with_tags(&["t"]));
     }
-    t.cache.clear(&mut t.graveyard);
+    t.cache.clear(t.now, &mut t.graveyard);
     assert_eq!(t.len(), 0);
     assert_eq!(t.cache.stats().invalidations, 5);
     let mut gone = t.graveyard_keys();

@@ -7,6 +7,7 @@ pub mod bindings;
 pub mod cache;
 pub mod clock;
 pub mod errors;
+pub mod pool;
 
 /// The Python module `helixrt._core`.
 #[pyo3::pymodule]
@@ -16,6 +17,8 @@ mod _core {
 
     #[pymodule_export]
     use crate::bindings::cache::L1Cache;
+    #[pymodule_export]
+    use crate::bindings::pool::{FutureLock, WorkerPool};
 
     #[pymodule_init]
     fn init(module: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -510,3 +510,13 @@ def test_stats_count_reads_and_the_hit_ratio() -> None:
     assert (stats.hits, stats.misses, stats.inserts, stats.updates) == (2, 1, 1, 1)
     assert stats.lookups == 3
     assert stats.hit_ratio == pytest.approx(2 / 3)
+
+
+def test_clear_counts_expired_entries_as_expirations() -> None:
+    cache = manual(ttl=10.0)
+    cache.set("short", 1, ttl=1.0)
+    cache.set("long", 2)
+    cache._advance(2.0)
+    cache.clear()
+    stats = cache.stats()
+    assert (stats.expirations, stats.invalidations, stats.size) == (1, 1, 0)

@@ -19,8 +19,17 @@ if TYPE_CHECKING:
 
     from helixrt import errors
     from helixrt.cache import L1Cache, L1Stats, cached
+    from helixrt.pool import WorkerPool
 
-__all__ = ["HelixError", "L1Cache", "L1Stats", "__version__", "cached", "errors"]
+__all__ = [
+    "HelixError",
+    "L1Cache",
+    "L1Stats",
+    "WorkerPool",
+    "__version__",
+    "cached",
+    "errors",
+]
 
 # Public name -> the module that defines it; filled in as components land.
 _LAZY: dict[str, str] = {
@@ -28,6 +37,7 @@ _LAZY: dict[str, str] = {
     "L1Cache": "helixrt.cache",
     "L1Stats": "helixrt.cache",
     "cached": "helixrt.cache",
+    "WorkerPool": "helixrt.pool",
 }
 
 

@@ -8,7 +8,12 @@ The Rust core raises these same classes (it imports this module on its first err
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from helixrt.pool import BrokenPoolError
+
 __all__ = [
+    "BrokenPoolError",
     "CacheKeyError",
     "HelixError",
     "InvalidArgumentError",
@@ -16,6 +21,7 @@ __all__ = [
     "PoolClosedError",
     "QueueFullError",
     "ReentryError",
+    "TaskTimeoutError",
 ]
 
 
@@ -46,3 +52,18 @@ class QueueFullError(HelixError, RuntimeError):
 
 class PoolClosedError(HelixError, RuntimeError):
     """The pool no longer accepts work: it was shut down (or closed)."""
+
+
+class TaskTimeoutError(HelixError, TimeoutError):
+    """A task's deadline passed: before it started (it never ran) or while it ran (its result
+    will be discarded)."""
+
+
+def __getattr__(name: str) -> type[HelixError]:
+    # BrokenPoolError derives from concurrent.futures' BrokenThreadPool, whose import would
+    # slow `import helixrt` down: it lives with the pool and is found here on first use.
+    if name != "BrokenPoolError":
+        raise AttributeError(f"module 'helixrt.errors' has no attribute {name!r}")
+    from helixrt.pool import BrokenPoolError
+
+    return BrokenPoolError

@@ -490,7 +490,7 @@ impl L1Cache {
 
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
         let mut graveyard = Vec::new();
-        self.lock(py)?.clear(&mut graveyard);
+        self.lock(py)?.clear(self.clock.now(), &mut graveyard);
         drop(graveyard);
         Ok(())
     }
@@ -584,7 +584,7 @@ impl L1Cache {
     fn __clear__(&self) {
         let mut graveyard = Vec::new();
         if let Some(mut cache) = self.inner.try_lock() {
-            cache.clear(&mut graveyard);
+            cache.clear(self.clock.now(), &mut graveyard);
         }
         drop(graveyard);
     }

@@ -23,6 +23,7 @@ __all__ = ["COMPONENTS", "Context", "Row", "run_bench"]
 COMPONENTS: dict[str, str] = {
     "core": "helixrt.bench.core",
     "cache": "helixrt.bench.cache",
+    "pool": "helixrt.bench.pool",
 }
 
 

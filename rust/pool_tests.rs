@@ -1,0 +1,1 @@
+//! Tests of the task queue and the histogram.
