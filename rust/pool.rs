@@ -233,6 +233,9 @@ impl<T> TaskQueue<T> {
             // Announce the wait, then look again (see `push_wait`).
             let guard = lock(&self.sleep);
             self.idle_consumers.fetch_add(1, SeqCst);
+            // A wake-up announced while no consumer was waiting reached nobody: this one
+            // takes over from it (under the lock, so a push after this notifies us).
+            self.wake_pending.store(false, SeqCst);
             if self.is_empty() && !self.is_closed() {
                 drop(self.work.wait_timeout(guard, left));
                 self.wake_pending.store(false, SeqCst);
@@ -328,8 +331,8 @@ impl Histogram {
     }
 
     fn lower_bound(bucket: usize) -> u64 {
-        if bucket < 4 {
-            return bucket as u64;
+        if bucket < 8 {
+            return bucket as u64; // 0..=3 hold those nanoseconds; 4..=7 stay empty
         }
         let (exponent, quarter) = (bucket / 4, bucket % 4);
         (1u64 << exponent) + ((quarter as u64) << (exponent - 2))
