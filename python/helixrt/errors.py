@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BrokenPoolError",
     "CacheKeyError",
+    "CircuitOpenError",
     "HelixError",
     "InvalidArgumentError",
     "InvalidTypeError",
@@ -57,6 +58,24 @@ class PoolClosedError(HelixError, RuntimeError):
 class TaskTimeoutError(HelixError, TimeoutError):
     """A task's deadline passed: before it started (it never ran) or while it ran (its result
     will be discarded)."""
+
+
+class CircuitOpenError(HelixError, ConnectionError):
+    """A circuit breaker is open: the call was refused without being attempted.
+
+    `breaker` names the breaker; `retry_after` is the number of seconds until it lets a trial
+    call through (0 when it is half-open and all its trial calls are taken).
+    """
+
+    def __init__(self, breaker: str, retry_after: float) -> None:
+        super().__init__(
+            f"circuit breaker {breaker!r} is open: calls are refused for {retry_after:.3f} s more"
+        )
+        self.breaker = breaker
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float]]:
+        return (type(self), (self.breaker, self.retry_after))
 
 
 def __getattr__(name: str) -> type[HelixError]:
