@@ -4,6 +4,7 @@
 //! know nothing of Python and are tested with `cargo test`.
 
 pub mod bindings;
+pub mod breaker;
 pub mod cache;
 pub mod clock;
 pub mod errors;
@@ -15,6 +16,8 @@ mod _core {
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
 
+    #[pymodule_export]
+    use crate::bindings::breaker::{BreakerPermit, CircuitBreaker};
     #[pymodule_export]
     use crate::bindings::cache::L1Cache;
     #[pymodule_export]

@@ -18,10 +18,14 @@ if TYPE_CHECKING:
     from typing import Any
 
     from helixrt import errors
+    from helixrt.breaker import CircuitBreaker
     from helixrt.cache import L1Cache, L1Stats, cached
+    from helixrt.errors import CircuitOpenError
     from helixrt.pool import WorkerPool
 
 __all__ = [
+    "CircuitBreaker",
+    "CircuitOpenError",
     "HelixError",
     "L1Cache",
     "L1Stats",
@@ -38,6 +42,8 @@ _LAZY: dict[str, str] = {
     "L1Stats": "helixrt.cache",
     "cached": "helixrt.cache",
     "WorkerPool": "helixrt.pool",
+    "CircuitBreaker": "helixrt.breaker",
+    "CircuitOpenError": "helixrt.errors",
 }
 
 

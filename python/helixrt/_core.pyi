@@ -6,7 +6,16 @@ from typing import Any, Final, Self, final
 
 from typing_extensions import disjoint_base
 
-__all__ = ["FutureLock", "L1Cache", "WorkerPool", "__version__", "build_info", "noop"]
+__all__ = [
+    "BreakerPermit",
+    "CircuitBreaker",
+    "FutureLock",
+    "L1Cache",
+    "WorkerPool",
+    "__version__",
+    "build_info",
+    "noop",
+]
 
 __version__: Final[str]
 
@@ -125,3 +134,40 @@ class WorkerPool:
     @property
     def _queue_size(self) -> int: ...
     def _stats(self) -> tuple[_Counters, tuple[int, int, int], _Times]: ...
+
+@final
+class BreakerPermit:
+    """Leave for one call through a CircuitBreaker (from `_acquire`, back to `_record`)."""
+
+@disjoint_base
+class CircuitBreaker:
+    """The Rust state machine of `helixrt.CircuitBreaker` (which adds with/async with/@)."""
+
+    def __new__(
+        cls,
+        name: str,
+        failure_threshold: int,
+        success_threshold: int,
+        reset_timeout: float,
+        half_open_max_calls: int,
+        failure_rate: float | None,
+        window: int,
+        min_calls: int,
+        slow_call_duration: float | None,
+        exclude: tuple[type[BaseException], ...],
+        on_change: Callable[[str, str], object],
+        _manual_clock: bool = False,
+    ) -> Self: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def retry_after(self) -> float: ...
+    def call(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
+    def _acquire(self) -> BreakerPermit: ...
+    def _record(self, permit: BreakerPermit, error: BaseException | None = None) -> None: ...
+    def force_open(self) -> None: ...
+    def reset(self) -> None: ...
+    def _stats(self) -> tuple[int, int, int, int, int]: ...
+    def _advance(self, seconds: float) -> None: ...
