@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from helixrt.cache import L1Cache, L1Stats, cached
     from helixrt.errors import CircuitOpenError
     from helixrt.pool import WorkerPool
+    from helixrt.retries import RetryPolicy, retry
 
 __all__ = [
     "CircuitBreaker",
@@ -29,10 +30,12 @@ __all__ = [
     "HelixError",
     "L1Cache",
     "L1Stats",
+    "RetryPolicy",
     "WorkerPool",
     "__version__",
     "cached",
     "errors",
+    "retry",
 ]
 
 # Public name -> the module that defines it; filled in as components land.
@@ -44,6 +47,8 @@ _LAZY: dict[str, str] = {
     "WorkerPool": "helixrt.pool",
     "CircuitBreaker": "helixrt.breaker",
     "CircuitOpenError": "helixrt.errors",
+    "RetryPolicy": "helixrt.retries",
+    "retry": "helixrt.retries",
 }
 
 
