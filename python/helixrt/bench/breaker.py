@@ -4,12 +4,11 @@ to go through a closed breaker."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from helixrt.bench.runner import Context, Row, compare_time
+from helixrt.bench.runner import Context, Row, compare_time, missing_peer, peer_module
 from helixrt.breaker import CircuitBreaker
 
 CALLS = 1000
@@ -17,13 +16,6 @@ CALLS = 1000
 
 def _noop() -> None:
     return None
-
-
-def _peer(module: str) -> Any | None:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
 
 
 def _calls(call: Callable[[], object]) -> Callable[[], None]:
@@ -37,7 +29,7 @@ def _calls(call: Callable[[], object]) -> Callable[[], None]:
 def _sync_rows(ctx: Context) -> Iterator[Row]:
     ours = CircuitBreaker("bench")
     decorated = ours(_noop)
-    pybreaker = _peer("pybreaker")
+    pybreaker = peer_module("pybreaker")
     candidates = {
         "call": _calls(lambda: ours.call(_noop)),
         "decorated": _calls(decorated),
@@ -54,7 +46,7 @@ def _sync_rows(ctx: Context) -> Iterator[Row]:
         theirs_decorated = theirs(_noop)
         candidates["pybreaker call"] = _calls(lambda: theirs.call(_noop))
         candidates["pybreaker decorated"] = _calls(theirs_decorated)
-    purgatory = _peer("purgatory")
+    purgatory = peer_module("purgatory")
     if purgatory is not None:
         factory = purgatory.SyncCircuitBreakerFactory()
 
@@ -65,7 +57,7 @@ def _sync_rows(ctx: Context) -> Iterator[Row]:
 
         candidates["purgatory with"] = with_purgatory
     ns = compare_time(ctx, candidates, ops=CALLS)
-    missing = "" if pybreaker else "pybreaker not installed (pip install pybreaker)"
+    missing = "" if pybreaker else missing_peer("pybreaker", "pybreaker")
     yield Row(
         "breaker",
         "call(fn), closed",
@@ -97,7 +89,7 @@ def _sync_rows(ctx: Context) -> Iterator[Row]:
         ns.get("purgatory with"),
         "-",
         None,
-        "" if purgatory else "purgatory not installed (pip install purgatory)",
+        "" if purgatory else missing_peer("purgatory", "purgatory"),
     )
 
 
@@ -120,7 +112,7 @@ async def _async_purgatory_ns(factory: Any, calls: int) -> float:
 def _async_rows(ctx: Context) -> Iterator[Row]:
     calls = 5_000 if ctx.quick else 20_000
     ours = CircuitBreaker("bench-async")
-    purgatory = _peer("purgatory")
+    purgatory = peer_module("purgatory")
     best_ours, best_theirs = float("inf"), float("inf")
     for _ in range(ctx.repeats):
         best_ours = min(best_ours, asyncio.run(_async_ns(lambda: ours, calls)))
@@ -136,7 +128,7 @@ def _async_rows(ctx: Context) -> Iterator[Row]:
         best_theirs if purgatory else None,
         "-",
         None,
-        "" if purgatory else "purgatory not installed (pip install purgatory)",
+        "" if purgatory else missing_peer("purgatory", "purgatory"),
     )
 
 

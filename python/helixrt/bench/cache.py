@@ -8,7 +8,6 @@ million entries, each cache measured in a fresh process.
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 import subprocess
@@ -19,21 +18,10 @@ from collections.abc import Callable, Iterator
 from itertools import accumulate
 from typing import Any
 
-from helixrt.bench.runner import Context, Row, compare_time
+from helixrt.bench.runner import Context, Row, compare_time, missing_peer, peer_module
 from helixrt.cache import L1Cache
 
 KEYS = 10_000
-
-
-def _peer(module: str) -> Any | None:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
-
-
-def _missing(module: str, package: str) -> str:
-    return f"{module} not installed (pip install {package})"
 
 
 def _get_rows(ctx: Context) -> Iterator[Row]:
@@ -51,7 +39,7 @@ def _get_rows(ctx: Context) -> Iterator[Row]:
         return run
 
     candidates = {"helixrt": loop(ours.get), "dict": loop(plain.get)}
-    cachebox, cachetools = _peer("cachebox"), _peer("cachetools")
+    cachebox, cachetools = peer_module("cachebox"), peer_module("cachetools")
     if cachebox is not None:
         box = cachebox.TTLCache(KEYS * 2, 300.0)
         for key in keys:
@@ -77,7 +65,7 @@ def _get_rows(ctx: Context) -> Iterator[Row]:
             None,
             claim,
             1.0,
-            _missing("cachebox", "cachebox"),
+            missing_peer("cachebox", "cachebox"),
         )
     yield Row(
         "cache",
@@ -97,7 +85,7 @@ def _get_rows(ctx: Context) -> Iterator[Row]:
 
 
 def _set_rows(ctx: Context) -> Iterator[Row]:
-    cachebox = _peer("cachebox")
+    cachebox = peer_module("cachebox")
     present = [f"user:{i}:profile" for i in range(KEYS)]
     fresh = [f"session:{i}" for i in range(KEYS * 10)]  # ten times the cache: every set evicts
 
@@ -128,7 +116,7 @@ def _set_rows(ctx: Context) -> Iterator[Row]:
             ns.get("cachebox"),
             "-",
             1.0,
-            "" if cachebox else _missing("cachebox", "cachebox"),
+            "" if cachebox else missing_peer("cachebox", "cachebox"),
         )
 
 
@@ -165,7 +153,7 @@ def _thread_rows(ctx: Context) -> Iterator[Row]:
     seconds = 0.3 if ctx.quick else 1.0
     ours = L1Cache(10_000)
     figures = {"helixrt": _threaded_ops(ours.get, ours.__setitem__, seconds)}
-    cachebox, moka = _peer("cachebox"), _peer("moka_py")
+    cachebox, moka = peer_module("cachebox"), peer_module("moka_py")
     if cachebox is not None:
         box = cachebox.TTLCache(10_000, 300.0)
         figures["cachebox.TTLCache"] = _threaded_ops(box.get, box.__setitem__, seconds)
@@ -235,7 +223,7 @@ def _replay(
 
 def _hit_ratio_peers(size: int) -> dict[str, tuple[Any, Callable[[Any], bool]]]:
     peers: dict[str, tuple[Any, Callable[[Any], bool]]] = {}
-    moka, theine, cachebox = _peer("moka_py"), _peer("theine"), _peer("cachebox")
+    moka, theine, cachebox = peer_module("moka_py"), peer_module("theine"), peer_module("cachebox")
     if moka is not None:
         m = moka.Moka(size)
         peers["moka-py"] = ((m.get, m.set), lambda v: v is None)
@@ -309,7 +297,7 @@ def _bytes_per_entry(which: str, entries: int) -> float | None:
 def _memory_rows(ctx: Context) -> Iterator[Row]:
     entries = 1_000_000
     ours = _bytes_per_entry("helixrt", entries)
-    theirs = _bytes_per_entry("cachebox", entries) if _peer("cachebox") else None
+    theirs = _bytes_per_entry("cachebox", entries) if peer_module("cachebox") else None
     yield Row(
         "cache",
         "bytes per entry, 1M entries",
@@ -319,7 +307,7 @@ def _memory_rows(ctx: Context) -> Iterator[Row]:
         theirs,
         "-",
         1.0,
-        "" if theirs else _missing("cachebox", "cachebox"),
+        "" if theirs else missing_peer("cachebox", "cachebox"),
     )
 
 

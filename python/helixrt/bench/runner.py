@@ -9,6 +9,7 @@ speedup is always "how many times better than the peer", so above 1.0 helixrt wi
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import os
 import platform
@@ -16,9 +17,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
-__all__ = ["Context", "Row", "compare_time", "format_table", "ns_per_op", "write_json"]
+__all__ = [
+    "Context",
+    "Row",
+    "compare_time",
+    "format_table",
+    "missing_peer",
+    "ns_per_op",
+    "peer_module",
+    "write_json",
+]
 
 Unit = Literal["ns", "ops/s", "ratio", "bytes"]
 
@@ -73,6 +83,19 @@ class Row:
         if self.goal is None or speedup is None:
             return None
         return speedup >= self.goal
+
+
+def peer_module(name: str) -> Any | None:
+    """The peer package `name`, or None when it is not installed (its rows then say so)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def missing_peer(module: str, package: str) -> str:
+    """The note of a row whose peer is not installed."""
+    return f"{module} not installed (pip install {package})"
 
 
 def _calibrate(fn: Callable[[], object], budget: float) -> int:
