@@ -114,7 +114,8 @@ def test_bench_prints_the_table_and_writes_json(tmp_path: Path) -> None:
 def test_bench_rejects_an_unknown_component() -> None:
     result = helixrt_cmd("bench", "--only", "nosuch")
     assert result.returncode == 2
-    assert "unknown component 'nosuch'; choose from core, cache, pool, breaker" in result.stderr
+    choices = "core, cache, pool, async_pool, breaker"
+    assert f"unknown component 'nosuch'; choose from {choices}" in result.stderr
 
 
 def test_table_says_why_a_figure_is_missing() -> None:
@@ -140,4 +141,4 @@ def test_speedup_reads_lower_time_as_better() -> None:
 def test_bench_lists_its_components() -> None:
     result = helixrt_cmd("bench", "--list")
     assert result.returncode == 0
-    assert result.stdout.split() == ["core", "cache", "pool", "breaker"]
+    assert result.stdout.split() == ["core", "cache", "pool", "async_pool", "breaker"]

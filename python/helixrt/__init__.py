@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from helixrt import errors
+    from helixrt.async_pool import AsyncWorkerPool
     from helixrt.breaker import CircuitBreaker
     from helixrt.cache import L1Cache, L1Stats, cached
     from helixrt.errors import CircuitOpenError
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from helixrt.retries import RetryPolicy, retry
 
 __all__ = [
+    "AsyncWorkerPool",
     "CircuitBreaker",
     "CircuitOpenError",
     "HelixError",
@@ -45,6 +47,7 @@ _LAZY: dict[str, str] = {
     "L1Stats": "helixrt.cache",
     "cached": "helixrt.cache",
     "WorkerPool": "helixrt.pool",
+    "AsyncWorkerPool": "helixrt.async_pool",
     "CircuitBreaker": "helixrt.breaker",
     "CircuitOpenError": "helixrt.errors",
     "RetryPolicy": "helixrt.retries",

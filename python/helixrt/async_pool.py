@@ -10,7 +10,7 @@ and await each job's coroutine themselves, so a job that finishes without suspen
 task switch at all, and a `Job` is a bare future. Context variables still behave as with
 `asyncio.create_task`: a job spawned from a context with variables set has each step run in a
 copy of it, and a worker whose job set a variable is replaced, so no job sees another's.
-Workers end when there is nothing left to do, so an idle pool holds no tasks.
+Workers end one loop iteration after they run out of work, so an idle pool holds no tasks.
 
 This module does not run blocking functions (use the thread pool, or `asyncio.to_thread`), has
 no priorities, and does not cross event loops or threads: a pool is bound to one loop.
@@ -30,8 +30,8 @@ from asyncio import (
     get_running_loop,
     shield,
     sleep,
-    wait,
 )
+from asyncio import wait as wait_for_all
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
 from contextlib import suppress
@@ -45,13 +45,14 @@ from helixrt.errors import (
     InvalidTypeError,
     PoolClosedError,
     QueueFullError,
+    TaskTimeoutError,
 )
 
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop, Task
     from types import TracebackType
 
-__all__ = ["AsyncPoolStats", "AsyncWorkerPool", "Job", "TaskTimeoutError", "WrongLoopError"]
+__all__ = ["AsyncPoolStats", "AsyncWorkerPool", "Job", "WrongLoopError"]
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -68,10 +69,6 @@ _CLOSED = 1 << 62  # taken from a pool's free slots when it closes
 _CANCEL_GRACE = 1.0  # seconds close() gives cancelled jobs to unwind before it gives up
 
 
-class TaskTimeoutError(HelixError, TimeoutError):
-    """A job ran longer than its pool's `task_timeout` and was cancelled."""
-
-
 class WrongLoopError(HelixError, RuntimeError):
     """The pool was used from an event loop other than the one it is bound to."""
 
@@ -82,8 +79,8 @@ class AsyncPoolStats:
 
     `submitted == completed + failed + cancelled + timed_out + active + pending`, and
     `rejected` spawns never became jobs. Timings are in seconds, over the latest 1024 jobs
-    timed: every job of a pool that runs fewer than about 100 a second, a sample of the others
-    (one in up to 1024, so that timing costs nothing that shows).
+    timed: the first 64, then a sample whose rate adapts to time 100 to 1000 jobs a second
+    (every job of a slower pool), so that timing costs nothing that shows.
     """
 
     submitted: int
@@ -102,7 +99,9 @@ class AsyncPoolStats:
     active: int
     """Jobs running now."""
     pending: int
-    """Jobs waiting for a free slot now."""
+    """Jobs not started yet. This includes, for an instant, the jobs that workers about to
+    start will take, so it may exceed `pending_limit`; `active + pending` never exceeds
+    `limit + pending_limit`."""
     queue_wait_seconds_mean: float
     """From spawn to start."""
     queue_wait_seconds_p99: float
@@ -126,7 +125,7 @@ class Job(Future[T]):
     than the pool's `task_timeout` raises `TaskTimeoutError`.
     """
 
-    # Set by spawn on every job. The attributes below are set on few jobs: they go to the
+    # Set by spawn on every job. The flags further below are set on few jobs: they go to the
     # instance dict (made only then), with their defaults on the class.
     __slots__ = ("_coro", "_ctx", "_enqueued", "_holder", "_pool")
 
@@ -137,7 +136,7 @@ class Job(Future[T]):
     """Who has the job: its pool while pending, a worker task while running, None if dropped."""
     _pool: AsyncWorkerPool
     _enqueued: float
-    """When it was spawned, for its queue wait."""
+    """When it was spawned, if its timings are sampled; else 0.0."""
 
     _timed_out: bool = False
     _claimed: bool = False
@@ -246,8 +245,8 @@ class AsyncWorkerPool:
       10 000); 0 for none. Beyond it `spawn` waits for room, or raises `QueueFullError` with
       `wait=False`.
     - `task_timeout`: seconds a job may run (time spent pending does not count). At the
-      deadline its coroutine is cancelled and the job raises `TaskTimeoutError`, which is a
-      `TimeoutError` and a `HelixError`. `None`, the default, for no limit.
+      deadline its coroutine is cancelled and the job raises `helixrt.errors.TaskTimeoutError`,
+      which is a `TimeoutError` and a `HelixError`. `None`, the default, for no limit.
     - `close_timeout`: seconds `close()` waits for running and pending jobs before it cancels
       them (aiojobs' default for its `wait_and_close`, 60); `None` waits as long as it takes.
     - `on_error(job, exc)`: called with the exception of a job that failed while nobody
@@ -292,6 +291,7 @@ class AsyncWorkerPool:
         "_sample_mask",
         "_samples",
         "_started",
+        "_starting",
         "_submitted",
         "_task_timeout",
         "_timed_out",
@@ -330,6 +330,7 @@ class AsyncWorkerPool:
         self._room_waiters: deque[Future[None]] = deque()
         self._woken = 0  # room waiters woken but not yet resumed, each promised a slot
         self._workers: set[Task[None]] = set()
+        self._starting = 0  # workers created that have not run yet
         self._cancelling: set[Job[Any]] = set()  # running jobs whose worker was cancelled
         self._closed = False
         self._closing: Future[None] | None = None
@@ -402,9 +403,8 @@ class AsyncWorkerPool:
         submitted = self._submitted = self._submitted + 1
         job._enqueued = 0.0 if submitted & self._sample_mask else self._sample_clock()
         self._pending.append(job)
-        workers = self._workers
-        if len(workers) < self._limit:
-            self._start_worker(loop)
+        if not self._starting and len(self._workers) < self._limit:
+            self._start_worker(loop)  # a worker about to start adds more as it sees the need
         return job
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -502,54 +502,82 @@ class AsyncWorkerPool:
         worker = loop.create_task(self._work(context, itself), context=context)
         itself.append(worker)
         self._workers.add(worker)
+        self._starting += 1
         worker.add_done_callback(self._worker_done)
 
+    def _add_workers(self) -> None:
+        """Called by a worker as it starts: adds up to two workers for the pending jobs that
+        neither it nor the other starting workers will take. Growing so, a burst of jobs that
+        suspend gets `limit` workers in a few loop iterations, and a burst of jobs that do not
+        (which one worker runs in one go) does not make `limit` tasks for nothing."""
+        uncovered = self._pending_count() - self._starting - 1
+        room = self._limit - len(self._workers)
+        loop = self._loop
+        assert loop is not None
+        for _ in range(min(uncovered, room, 2)):
+            self._start_worker(loop)
+
     async def _work(self, context: Context, itself: list[Task[None]]) -> None:
-        """Runs pending jobs until there are none left, then ends."""
+        """Runs pending jobs until there are none left (and none come in the next loop
+        iteration), then ends."""
         worker = itself[0]
+        self._starting -= 1
+        self._add_workers()
         pending, cancelling = self._pending, self._cancelling
         timeout, loop = self._task_timeout, self._loop
         assert loop is not None
         job: Job[Any] | None = None  # the job being run, for the finally clause
         stopped = True
         try:
-            while pending:
-                job = pending.popleft()
-                if job._holder is not self:  # dropped while pending
-                    job = None
-                    continue
-                job._holder = worker
-                self._started += 1
-                enqueued = job._enqueued  # 0.0 unless this job is timed
-                if enqueued:
-                    started = _now()
-                ctx = job._ctx
-                timer = None if timeout is None else loop.call_later(timeout, self._expire, job)
-                try:
-                    result = await (job._coro if ctx is None else _drive(job._coro, ctx))
-                except BaseException as exc:
-                    if timer is not None:
-                        timer.cancel()
-                    if cancelling and job in cancelling:
-                        await self._release(job, worker)
-                    self._end_with(job, exc, worker)  # re-raises what stops the worker
-                else:
-                    if timer is not None:
-                        timer.cancel()
-                    if cancelling and job in cancelling and await self._release(job, worker):
-                        self._end_cancelled(job, None)  # as a task cancelled as it returned
+            while True:
+                while pending:
+                    job = pending.popleft()
+                    if job._holder is not self:  # dropped while pending
+                        job = None
+                        continue
+                    job._holder = worker
+                    self._started += 1
+                    enqueued = job._enqueued  # 0.0 unless this job is timed
+                    if enqueued:
+                        started = _now()
+                    ctx = job._ctx
+                    timer = None if timeout is None else loop.call_later(timeout, self._expire, job)
+                    try:
+                        result = await (job._coro if ctx is None else _drive(job._coro, ctx))
+                    except BaseException as exc:
+                        if timer is not None:
+                            timer.cancel()
+                        if cancelling and job in cancelling:
+                            await self._release(job, worker)
+                        self._end_with(job, exc, worker)  # re-raises what stops the worker
                     else:
-                        job.set_result(result)
-                        self._completed += 1
-                if enqueued:
-                    self._sample(enqueued, started)
-                self._free += 1
-                job = None
-                if self._room_waiters:
-                    self._wake_room_waiters()
-                if context:  # the job set a context variable: no other job may see it
-                    break
-            stopped = False
+                        if timer is not None:
+                            timer.cancel()
+                        if cancelling and job in cancelling and await self._release(job, worker):
+                            self._end_cancelled(job, None)  # as a task cancelled as it returned
+                        else:
+                            job.set_result(result)
+                            self._completed += 1
+                    if enqueued:
+                        self._sample(enqueued, started)
+                    self._free += 1
+                    job = None
+                    if self._room_waiters:
+                        self._wake_room_waiters()
+                    if context:  # the job set a context variable: no other job may see it
+                        stopped = False
+                        return
+                # Out of work. Linger for one loop iteration, counted as a starting worker:
+                # a caller awaiting each job before it spawns the next then reuses this task.
+                self._starting += 1
+                try:
+                    await sleep(0)
+                finally:
+                    self._starting -= 1
+                if not pending:
+                    stopped = False
+                    return
+                self._add_workers()
         finally:
             self._worker_ended(worker, job, stopped)
 
@@ -635,9 +663,8 @@ class AsyncWorkerPool:
             _log.exception("the on_error handler %r failed on %r", handler, exc)
 
     def _expire(self, job: Job[Any]) -> None:
-        if not job.done():
-            job._timed_out = True
-            job.cancel("task_timeout")
+        job._timed_out = True  # still running: the timer is cancelled as soon as it ends
+        job.cancel("task_timeout")
 
     def _worker_ended(self, worker: Task[None], job: Job[Any] | None, stopped: bool) -> None:
         self._workers.discard(worker)
@@ -658,6 +685,7 @@ class AsyncWorkerPool:
     def _worker_done(self, worker: Task[None]) -> None:
         if worker in self._workers:  # cancelled before it started: _work never ran
             self._workers.discard(worker)
+            self._starting -= 1
             if not self._workers and self._pending_count():
                 self._drop_pending("the pool's workers were cancelled")
 
@@ -718,8 +746,9 @@ class AsyncWorkerPool:
         try:
             await waiter
         except BaseException:
-            if waiter.cancelled():
-                self._room_waiters.remove(waiter)
+            if waiter.cancelled():  # still in line, unless a waker skipped it already
+                with suppress(ValueError):
+                    self._room_waiters.remove(waiter)
             else:  # woken, then cancelled before it could run: pass the slot on
                 self._woken -= 1
                 self._free += 1
@@ -734,16 +763,20 @@ class AsyncWorkerPool:
     def _wake_room_waiters(self) -> None:
         waiters = self._room_waiters
         while waiters and self._free > 0:
-            waiters.popleft().set_result(None)
-            self._free -= 1
-            self._woken += 1
+            waiter = waiters.popleft()
+            if not waiter.done():  # else cancelled, its spawn not yet resumed to leave
+                waiter.set_result(None)
+                self._free -= 1
+                self._woken += 1
 
     def _wake_all_room_waiters(self) -> None:
         waiters = self._room_waiters
         while waiters:
-            waiters.popleft().set_result(None)
-            self._free -= 1
-            self._woken += 1
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._free -= 1
+                self._woken += 1
 
     def _pending_count(self) -> int:
         return self._submitted - self._started - self._dropped
@@ -783,13 +816,18 @@ class AsyncWorkerPool:
         return loop
 
     async def _wait_for_workers(self, timeout: float | None) -> bool:
-        """Waits until every worker but the caller's own has ended; False on timeout."""
+        """Waits until every worker but the caller's own has ended (those started meanwhile
+        too); False on timeout."""
         me = current_task()
-        others = [worker for worker in self._workers if worker is not me]
-        if not others:
-            return True
-        _, still_running = await wait(others, timeout=timeout)
-        return not still_running
+        loop = self._loop
+        assert loop is not None
+        deadline = None if timeout is None else loop.time() + timeout
+        while others := [worker for worker in self._workers if worker is not me]:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            await wait_for_all(others, timeout=left)
+        return True
 
     def _cancel_all(self, msg: str) -> None:
         """Drops the pending jobs, and cancels the workers (but the caller's own) and so the

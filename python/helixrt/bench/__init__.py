@@ -24,6 +24,7 @@ COMPONENTS: dict[str, str] = {
     "core": "helixrt.bench.core",
     "cache": "helixrt.bench.cache",
     "pool": "helixrt.bench.pool",
+    "async_pool": "helixrt.bench.async_pool",
     "breaker": "helixrt.bench.breaker",
 }
 
