@@ -17,7 +17,7 @@ mod _core {
     use pyo3::types::PyDict;
 
     #[pymodule_export]
-    use crate::bindings::breaker::{BreakerPermit, CircuitBreaker};
+    use crate::bindings::breaker::{BreakerGuarded, BreakerPermit, CircuitBreaker};
     #[pymodule_export]
     use crate::bindings::cache::L1Cache;
     #[pymodule_export]

@@ -283,3 +283,30 @@ def test_exclude_must_hold_exception_classes() -> None:
 def test_lazy_names() -> None:
     assert helixrt.CircuitBreaker is CircuitBreaker
     assert helixrt.CircuitOpenError is CircuitOpenError
+
+
+def test_decorated_functions_keep_their_identity_and_bind_as_methods() -> None:
+    b = breaker(failure_threshold=1)
+
+    @b
+    def greet(name: str) -> str:
+        """Says hello."""
+        return f"hello {name}"
+
+    class Client:
+        @b
+        def fetch(self, path: str) -> tuple[Client, str]:
+            return self, path
+
+    assert greet.__name__ == "greet"
+    assert greet.__doc__ == "Says hello."
+    assert greet.__wrapped__("x") == "hello x"  # type: ignore[attr-defined]
+    assert greet.breaker is b  # type: ignore[attr-defined]
+    client = Client()
+    assert client.fetch("/models") == (client, "/models")
+    assert Client.fetch(client, "/a") == (client, "/a")
+    with pytest.raises(TypeError):
+        greet()  # type: ignore[call-arg]
+    assert b.state == "open"  # a TypeError from the call is a failure like any other
+    with pytest.raises(CircuitOpenError):
+        client.fetch("/b")

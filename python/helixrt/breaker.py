@@ -165,14 +165,10 @@ class CircuitBreaker(_core.CircuitBreaker):
         """Decorates a plain or async function: each call goes through the breaker."""
         if inspect.iscoroutinefunction(fn):
             return cast(Callable[P, R], self._wrap_async(cast(Any, fn)))
-        call = self.call
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            return cast(R, call(fn, *args, **kwargs))
-
-        wrapper.breaker = self  # type: ignore[attr-defined]
-        return wrapper
+        # A Rust callable: the call and the breaker's bookkeeping cost no Python frame.
+        guarded = self._guard(fn)
+        functools.update_wrapper(guarded, fn)
+        return cast(Callable[P, R], guarded)
 
     def _wrap_async(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         acquire, record = self._acquire, self._record

@@ -25,6 +25,56 @@ pub struct CircuitBreaker {
     on_change: Py<PyAny>,
 }
 
+/// A function decorated with a breaker (`@breaker` on a plain function): calling it calls the
+/// function through the breaker, all in Rust. It has a `__dict__` for `functools.wraps` and
+/// binds like a function when it decorates a method.
+#[pyclass(module = "helixrt._core", name = "BreakerGuarded", frozen, dict)]
+pub struct BreakerGuarded {
+    breaker: Py<CircuitBreaker>,
+    func: Py<PyAny>,
+}
+
+#[pymethods]
+impl BreakerGuarded {
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.breaker
+            .get()
+            .call(py, self.func.bind(py), args, kwargs)
+    }
+
+    fn __get__(
+        slf: Bound<'_, Self>,
+        instance: Option<&Bound<'_, PyAny>>,
+        _owner: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        match instance {
+            None => Ok(slf.into_any().unbind()),
+            Some(instance) => Ok(py
+                .import("types")?
+                .getattr("MethodType")?
+                .call1((slf, instance))?
+                .unbind()),
+        }
+    }
+
+    #[getter]
+    fn breaker(&self, py: Python<'_>) -> Py<CircuitBreaker> {
+        self.breaker.clone_ref(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.breaker)?;
+        visit.call(&self.func)
+    }
+}
+
 /// Leave for one call, from `_acquire`, to give back to `_record`.
 #[pyclass(
     module = "helixrt._core",
@@ -208,6 +258,14 @@ impl CircuitBreaker {
                 self.record(py, permit, outcome)?;
                 Err(err)
             }
+        }
+    }
+
+    /// `func` guarded by this breaker (what `@breaker` makes of a plain function).
+    fn _guard(slf: &Bound<'_, Self>, func: Py<PyAny>) -> BreakerGuarded {
+        BreakerGuarded {
+            breaker: slf.clone().unbind(),
+            func,
         }
     }
 
