@@ -5,9 +5,11 @@ the counters) with the `Executor` surface added here: Futures, thread start-up, 
 deadlines of running tasks, and what happens at exit and after `os.fork()`. For asyncio work,
 see `helixrt.async_pool`.
 
-Futures are `concurrent.futures.Future` objects whose lock is shared by all the Futures of one
-pool: creating one then costs a fraction of a standard Future (which makes a Condition and an
-RLock each), and `wait`, `as_completed`, `result`, callbacks and cancellation work as usual.
+Futures are `concurrent.futures.Future` objects whose lock (a `helixrt._core.FutureLock`, used
+like an RLock) and Condition are shared by all the Futures of one pool: creating one then costs
+a fraction of a standard Future (which makes a Condition and an RLock each), a worker completes
+an uncontended one without calling into Python, and `wait`, `as_completed`, `result`, callbacks
+and cancellation work as usual.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class _PoolFuture(Future[Any]):
     """
 
     _condition: threading.Condition
-    _lock: Any  # the Condition's lock, shared by the pool's Futures
+    _lock: Any  # the pool's FutureLock, which is also its Condition's lock
     # Class-level defaults: a new Future allocates nothing but itself (the lists appear when
     # a waiter or a callback does), which also spares the garbage collector.
     _state = PENDING
@@ -200,12 +202,14 @@ class _Deadlines:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
-        self._heap: list[tuple[float, int, Future[Any], weakref.ref[WorkerPool]]] = []
+        # Weak references: a Future that finished in time is not kept until its deadline.
+        self._heap: list[tuple[float, int, weakref.ref[Future[Any]], weakref.ref[WorkerPool]]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
 
     def watch(self, pool: WorkerPool, future: Future[Any], seconds: float) -> None:
-        entry = (time.monotonic() + seconds, next(self._order), future, weakref.ref(pool))
+        deadline = time.monotonic() + seconds
+        entry = (deadline, next(self._order), weakref.ref(future), weakref.ref(pool))
         with self._lock:
             heapq.heappush(self._heap, entry)
             if self._thread is None:
@@ -224,8 +228,10 @@ class _Deadlines:
                 if not self._heap:
                     self._thread = None
                     return
-                _, _, future, pool_ref = heapq.heappop(self._heap)
-            _time_out(future, pool_ref())
+                _, _, future_ref, pool_ref = heapq.heappop(self._heap)
+            future = future_ref()
+            if future is not None:
+                _time_out(future, pool_ref())
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
