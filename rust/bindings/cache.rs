@@ -9,8 +9,9 @@
 //! - any other comparison makes the operation stop unchanged (`Undecided`); the candidates are
 //!   compared with Python's `==` outside the lock, and the operation is retried knowing them.
 //!
-//! The GIL is held for the whole of every call; the lock is only ever taken by a thread holding
-//! it, and never across a call into Python.
+//! "The lock" is the cache's `Exclusive` (see `bindings::exclusive`): on builds with a GIL, the
+//! GIL itself, with a flag that turns a re-entry into an error; a mutex on free-threaded builds.
+//! The GIL is held for the whole of every call.
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
