@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from helixrt.breaker import CircuitBreaker
     from helixrt.cache import L1Cache, L1Stats, cached
     from helixrt.errors import CircuitOpenError
+    from helixrt.lazy import Lazy
     from helixrt.pool import WorkerPool
     from helixrt.retries import RetryPolicy, retry
 
@@ -32,6 +33,7 @@ __all__ = [
     "HelixError",
     "L1Cache",
     "L1Stats",
+    "Lazy",
     "RetryPolicy",
     "WorkerPool",
     "__version__",
@@ -51,6 +53,7 @@ _LAZY: dict[str, str] = {
     "CircuitBreaker": "helixrt.breaker",
     "CircuitOpenError": "helixrt.errors",
     "RetryPolicy": "helixrt.retries",
+    "Lazy": "helixrt.lazy",
     "retry": "helixrt.retries",
 }
 

@@ -26,6 +26,7 @@ COMPONENTS: dict[str, str] = {
     "pool": "helixrt.bench.pool",
     "async_pool": "helixrt.bench.async_pool",
     "breaker": "helixrt.bench.breaker",
+    "lazy": "helixrt.bench.lazy",
 }
 
 
