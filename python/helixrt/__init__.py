@@ -17,13 +17,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from helixrt import errors
+    from helixrt import errors, topics
     from helixrt.async_pool import AsyncWorkerPool
     from helixrt.breaker import CircuitBreaker
     from helixrt.cache import L1Cache, L1Stats, cached
     from helixrt.errors import CircuitOpenError
     from helixrt.lazy import Lazy
     from helixrt.pool import WorkerPool
+    from helixrt.providers import ProviderRegistry
     from helixrt.retries import RetryPolicy, retry
 
 __all__ = [
@@ -34,12 +35,14 @@ __all__ = [
     "L1Cache",
     "L1Stats",
     "Lazy",
+    "ProviderRegistry",
     "RetryPolicy",
     "WorkerPool",
     "__version__",
     "cached",
     "errors",
     "retry",
+    "topics",
 ]
 
 # Public name -> the module that defines it; filled in as components land.
@@ -54,6 +57,8 @@ _LAZY: dict[str, str] = {
     "CircuitOpenError": "helixrt.errors",
     "RetryPolicy": "helixrt.retries",
     "Lazy": "helixrt.lazy",
+    "ProviderRegistry": "helixrt.providers",
+    "topics": "helixrt.topics",
     "retry": "helixrt.retries",
 }
 
