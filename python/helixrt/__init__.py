@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from helixrt.breaker import CircuitBreaker
     from helixrt.cache import L1Cache, L1Stats, cached
     from helixrt.errors import CircuitOpenError
+    from helixrt.http import HTTPPool
     from helixrt.lazy import Lazy
     from helixrt.pool import WorkerPool
     from helixrt.providers import ProviderRegistry
@@ -31,6 +32,7 @@ __all__ = [
     "AsyncWorkerPool",
     "CircuitBreaker",
     "CircuitOpenError",
+    "HTTPPool",
     "HelixError",
     "L1Cache",
     "L1Stats",
@@ -58,6 +60,7 @@ _LAZY: dict[str, str] = {
     "RetryPolicy": "helixrt.retries",
     "Lazy": "helixrt.lazy",
     "ProviderRegistry": "helixrt.providers",
+    "HTTPPool": "helixrt.http",
     "topics": "helixrt.topics",
     "retry": "helixrt.retries",
 }
