@@ -114,7 +114,7 @@ def test_bench_prints_the_table_and_writes_json(tmp_path: Path) -> None:
 def test_bench_rejects_an_unknown_component() -> None:
     result = helixrt_cmd("bench", "--only", "nosuch")
     assert result.returncode == 2
-    choices = "core, cache, pool, async_pool, breaker, lazy"
+    choices = "core, cache, pool, async_pool, breaker, lazy, http"
     assert f"unknown component 'nosuch'; choose from {choices}" in result.stderr
 
 
@@ -141,4 +141,5 @@ def test_speedup_reads_lower_time_as_better() -> None:
 def test_bench_lists_its_components() -> None:
     result = helixrt_cmd("bench", "--list")
     assert result.returncode == 0
-    assert result.stdout.split() == ["core", "cache", "pool", "async_pool", "breaker", "lazy"]
+    expected = ["core", "cache", "pool", "async_pool", "breaker", "lazy", "http"]
+    assert result.stdout.split() == expected

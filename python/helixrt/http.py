@@ -35,6 +35,7 @@ __all__ = ["HTTPPool", "HTTPStats", "HostStats"]
 logger = logging.getLogger("helixrt.http")
 
 _LATENCY_SAMPLES = 1024  # the p99 is computed over the last this many requests of an origin
+_PARSED_URLS = 1024  # URLs whose parse is kept (see HTTPPool._parsed)
 _CONNECTION_PROBE = ConnectionError()  # asks the policy whether connection errors are retried
 
 
@@ -252,6 +253,7 @@ class HTTPPool:
         )
         # Spelling as given (or origin) -> session; several spellings may share one session.
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._urls: dict[str, tuple[URL, str]] = {}
         self._by_origin: dict[str, aiohttp.ClientSession] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._counters: dict[str, _Counters] = {}
@@ -327,13 +329,26 @@ class HTTPPool:
         if type(idempotent) is not bool:
             raise InvalidArgumentError(f"idempotent must be True or False, got {idempotent!r}")
         if isinstance(url, str):
-            url = URL(url)
-        elif not isinstance(url, URL):
+            url, origin = self._parsed(url)
+        elif isinstance(url, URL):
+            origin = _origin(url, "url")
+        else:
             raise InvalidArgumentError(f"url must be a str or a yarl.URL, got {url!r}")
-        origin = _origin(url, "url")
         if self._closed:
             raise PoolClosedError("the HTTPPool is closed")
         return _RequestContext(self, method.upper(), url, origin, idempotent, kwargs)
+
+    def _parsed(self, url: str) -> tuple[URL, str]:
+        """The parsed URL and its origin. Services call the same few URLs over and over, and
+        parsing costs more than the rest of a request's bookkeeping: the last ones are kept."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed_url = URL(url)
+            parsed = (parsed_url, _origin(parsed_url, "url"))
+            if len(self._urls) >= _PARSED_URLS:
+                self._urls.clear()
+            self._urls[url] = parsed
+        return parsed
 
     async def get_json(self, url: str | URL, **kwargs: Any) -> Any:
         """GET `url` and return its decoded JSON; `aiohttp.ClientResponseError` for an answer

@@ -27,6 +27,7 @@ COMPONENTS: dict[str, str] = {
     "async_pool": "helixrt.bench.async_pool",
     "breaker": "helixrt.bench.breaker",
     "lazy": "helixrt.bench.lazy",
+    "http": "helixrt.bench.http",
 }
 
 
