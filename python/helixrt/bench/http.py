@@ -134,12 +134,30 @@ def _throughput_rows(ctx: Context) -> Iterator[Row]:
         server.terminate()
         server.wait(10)
     label = f"GET JSON, {CONCURRENCY} concurrent, local server"
-    yield Row("http", label, "ops/s", best["helixrt"], "aiohttp shared session", best["shared"],
-              "-", 0.95)
-    yield Row("http", label, "ops/s", best["helixrt"], "aiohttp session per request",
-              best["per request"], "-", 3.0)
-    yield Row("http", label, "ops/s", best["helixrt"], "httpx.AsyncClient", best.get("httpx"),
-              "-", None, "" if "httpx" in best else missing_peer("httpx", "httpx"))
+    yield Row(
+        "http", label, "ops/s", best["helixrt"], "aiohttp shared session", best["shared"], "-", 0.95
+    )
+    yield Row(
+        "http",
+        label,
+        "ops/s",
+        best["helixrt"],
+        "aiohttp session per request",
+        best["per request"],
+        "-",
+        3.0,
+    )
+    yield Row(
+        "http",
+        label,
+        "ops/s",
+        best["helixrt"],
+        "httpx.AsyncClient",
+        best.get("httpx"),
+        "-",
+        None,
+        "" if "httpx" in best else missing_peer("httpx", "httpx"),
+    )
 
 
 def _session_rows(ctx: Context) -> Iterator[Row]:
@@ -159,14 +177,32 @@ def _session_rows(ctx: Context) -> Iterator[Row]:
             return compare_time(ctx, {"session": lookups}, ops=len(calls))["session"]
 
     ns = asyncio.run(measure())
-    yield Row("http", "pool.session(host), known host", "ns", ns, "", None, "~10 us pool get",
-              None, "goal: under 1 us")
+    yield Row(
+        "http",
+        "pool.session(host), known host",
+        "ns",
+        ns,
+        "",
+        None,
+        "~10 us pool get",
+        None,
+        "goal: under 1 us",
+    )
 
 
 def rows(ctx: Context) -> Iterator[Row]:
     if peer_module("aiohttp") is None:
-        yield Row("http", "GET JSON", "ops/s", None, "aiohttp", None, "-", None,
-                  missing_peer("aiohttp", "helixrt[http]"))
+        yield Row(
+            "http",
+            "GET JSON",
+            "ops/s",
+            None,
+            "aiohttp",
+            None,
+            "-",
+            None,
+            missing_peer("aiohttp", "helixrt[http]"),
+        )
         return
     yield from _throughput_rows(ctx)
     yield from _session_rows(ctx)
