@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 from helixrt.bench.runner import Context, Row, compare_time, missing_peer, peer_module
@@ -119,7 +119,7 @@ def _throughput_rows(ctx: Context) -> Iterator[Row]:
     repeats = 2 if ctx.quick else 3
     server, url = _start_server()
     try:
-        candidates: dict[str, Callable[[str, int], Awaitable[float]]] = {
+        candidates: dict[str, Callable[[str, int], Coroutine[Any, Any, float]]] = {
             "helixrt": _helixrt,
             "shared": _shared_session,
             "per request": _session_per_request,
