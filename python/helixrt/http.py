@@ -257,7 +257,7 @@ class HTTPPool:
         self._by_origin: dict[str, aiohttp.ClientSession] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._counters: dict[str, _Counters] = {}
-        self._semaphore = asyncio.Semaphore(self._limit)
+        self._slots = _Slots(self._limit)
         self._closed = False
 
     # --------------------------------------------------------------------------- sessions
@@ -385,18 +385,19 @@ class HTTPPool:
                 except CircuitOpenError:
                     counters.rejected += 1
                     raise
-            try:
-                await self._semaphore.acquire()
-            except BaseException as error:  # cancelled while waiting: give the permit back
-                if breaker is not None and permit is not None:
-                    breaker._record(permit, error)
-                raise
+            if not self._slots.take_now():
+                try:
+                    await self._slots.take()
+                except BaseException as error:  # cancelled while waiting: give the permit back
+                    if breaker is not None and permit is not None:
+                        breaker._record(permit, error)
+                    raise
             counters.in_flight += 1
             try:
                 response = await session.request(method, url, **kwargs)
             except BaseException as error:
                 counters.in_flight -= 1
-                self._semaphore.release()
+                self._slots.give()
                 network = isinstance(error, aiohttp.ClientConnectionError | TimeoutError)
                 if isinstance(error, TimeoutError):
                     counters.timeout += 1
@@ -446,7 +447,7 @@ class HTTPPool:
                 reason = f"status {status}"
                 response.release()
                 counters.in_flight -= 1
-                self._semaphore.release()
+                self._slots.give()
             logger.debug(
                 "retrying %s %s%s in %.3f s: attempt %d of %d got %s",
                 method,
@@ -473,7 +474,7 @@ class HTTPPool:
 
     def _done(self, origin: str) -> None:
         self._counters[origin].in_flight -= 1
-        self._semaphore.release()
+        self._slots.give()
 
     # --------------------------------------------------------------------------- stats, close
 
@@ -555,6 +556,44 @@ class _StatusError(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
+
+
+class _Slots:
+    """The pool-wide limit on requests in flight. Taking a free slot costs no await (an
+    asyncio.Semaphore's acquire is a coroutine even then); a released slot goes straight to
+    the longest waiter."""
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def take_now(self) -> bool:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.take_now():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot just as this waiter was cancelled: pass it on
+            raise
+
+    def give(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():  # a cancelled waiter is done already
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 class _RequestContext:
