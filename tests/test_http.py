@@ -615,3 +615,25 @@ def test_lazy_name() -> None:
     import helixrt
 
     assert helixrt.HTTPPool is HTTPPool
+
+
+def test_a_request_slot_handed_to_a_cancelled_waiter_passes_on() -> None:
+    from helixrt.http import _Slots
+
+    async def main() -> None:
+        slots = _Slots(1)
+        assert slots.take_now()
+        first = asyncio.ensure_future(slots.take())
+        second = asyncio.ensure_future(slots.take())
+        await asyncio.sleep(0)
+        slots.give()  # the slot goes to `first`...
+        first.cancel()  # ...which is cancelled before it resumes
+        await asyncio.gather(first, return_exceptions=True)
+        assert first.cancelled()
+        await asyncio.wait_for(second, 1)  # so the slot passed on
+        assert slots.free == 0
+        slots.give()
+        assert slots.free == 1
+        assert slots.take_now()
+
+    asyncio.run(main())
