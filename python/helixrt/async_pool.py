@@ -39,6 +39,7 @@ from contextvars import Context, copy_context
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
+from helixrt._stats import mean, p99
 from helixrt.errors import (
     HelixError,
     InvalidArgumentError,
@@ -488,10 +489,10 @@ class AsyncWorkerPool:
             rejected=self._rejected,
             active=self._active_count(),
             pending=self._pending_count(),
-            queue_wait_seconds_mean=_mean(waits),
-            queue_wait_seconds_p99=_p99(waits),
-            run_seconds_mean=_mean(runs),
-            run_seconds_p99=_p99(runs),
+            queue_wait_seconds_mean=mean(waits),
+            queue_wait_seconds_p99=p99(waits),
+            run_seconds_mean=mean(runs),
+            run_seconds_p99=p99(runs),
         )
 
     # The workers. `_work` is the path every job takes: kept in one piece, on purpose.
@@ -837,17 +838,6 @@ class AsyncWorkerPool:
         for worker in self._workers:
             if worker is not me:
                 worker.cancel(msg)
-
-
-def _mean(samples: list[float]) -> float:
-    return sum(samples) / len(samples) if samples else 0.0
-
-
-def _p99(samples: list[float]) -> float:
-    if not samples:
-        return 0.0
-    ordered = sorted(samples)
-    return ordered[math.ceil(len(ordered) * 0.99) - 1]
 
 
 def _closed_error() -> PoolClosedError:

@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from helixrt._stats import p99
 from helixrt.breaker import CircuitBreaker
 from helixrt.errors import CircuitOpenError, InvalidArgumentError, PoolClosedError
 from helixrt.retries import RetryPolicy
@@ -110,13 +111,6 @@ class _Counters:
         self.latency_sum = 0.0
         self.latency_count = 0
         self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
-
-
-def _p99(samples: list[float]) -> float:
-    if not samples:
-        return 0.0
-    samples.sort()
-    return samples[min(len(samples) - 1, math.ceil(0.99 * len(samples)) - 1)]
 
 
 def _origin(url: URL, argument: str) -> str:
@@ -498,7 +492,7 @@ class HTTPPool:
                 rejected=c.rejected,
                 in_flight=c.in_flight,
                 latency_mean_seconds=c.latency_sum / c.latency_count if c.latency_count else 0.0,
-                latency_p99_seconds=_p99(samples),
+                latency_p99_seconds=p99(samples),
                 breaker_state=None if breaker is None else breaker.state,
             )
         values = list(self._counters.values())
@@ -513,7 +507,7 @@ class HTTPPool:
             rejected=sum(c.rejected for c in values),
             in_flight=sum(c.in_flight for c in values),
             latency_mean_seconds=sum(c.latency_sum for c in values) / count if count else 0.0,
-            latency_p99_seconds=_p99(every),
+            latency_p99_seconds=p99(every),
             sessions=len(self._by_origin),
             hosts=hosts,
         )
