@@ -94,7 +94,7 @@ class _PoolFuture(Future[Any]):
         pass
 
     _waiter_list: list[Any] | None = None
-    _idle_condition: Any  # the Condition's deque of waiting threads
+    _condition_waiters: Any  # the pool Condition's deque of waiting threads
 
     @property
     def _waiters(self) -> list[Any]:
@@ -143,7 +143,7 @@ class _PoolFuture(Future[Any]):
             if self._waiter_list:
                 for waiter in self._waiter_list:
                     waiter.add_result(self)
-            if self._idle_condition:
+            if self._condition_waiters:
                 self._condition.notify_all()
         if self._done_callbacks:
             self._invoke_callbacks()  # type: ignore[attr-defined]
@@ -157,7 +157,7 @@ class _PoolFuture(Future[Any]):
             if self._waiter_list:
                 for waiter in self._waiter_list:
                     waiter.add_exception(self)
-            if self._idle_condition:
+            if self._condition_waiters:
                 self._condition.notify_all()
         if self._done_callbacks:
             self._invoke_callbacks()  # type: ignore[attr-defined]
@@ -330,7 +330,7 @@ class WorkerPool(_core.WorkerPool, Executor):
             {
                 "_condition": condition,
                 "_lock": lock,
-                "_idle_condition": condition._waiters,  # type: ignore[attr-defined]
+                "_condition_waiters": condition._waiters,  # type: ignore[attr-defined]
             },
         )
         self = super().__new__(
