@@ -5,6 +5,7 @@
 
 pub mod bindings;
 pub mod breaker;
+pub mod bus;
 pub mod cache;
 pub mod clock;
 pub mod errors;
@@ -18,6 +19,10 @@ mod _core {
 
     #[pymodule_export]
     use crate::bindings::breaker::{BreakerGuarded, BreakerPermit, CircuitBreaker};
+    #[pymodule_export]
+    use crate::bindings::bus::{
+        _node_id, _reseed, topic_matches, trace_id_var, Event, EventBus, Subscription,
+    };
     #[pymodule_export]
     use crate::bindings::cache::L1Cache;
     #[pymodule_export]

@@ -17,11 +17,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from helixrt import errors, topics
+    from helixrt import errors, events, topics
     from helixrt.async_pool import AsyncWorkerPool
     from helixrt.breaker import CircuitBreaker
     from helixrt.cache import L1Cache, L1Stats, cached
     from helixrt.errors import CircuitOpenError
+    from helixrt.events import Event, EventBus, Subscription
     from helixrt.http import HTTPPool
     from helixrt.lazy import Lazy
     from helixrt.pool import WorkerPool
@@ -32,6 +33,8 @@ __all__ = [
     "AsyncWorkerPool",
     "CircuitBreaker",
     "CircuitOpenError",
+    "Event",
+    "EventBus",
     "HTTPPool",
     "HelixError",
     "L1Cache",
@@ -39,10 +42,12 @@ __all__ = [
     "Lazy",
     "ProviderRegistry",
     "RetryPolicy",
+    "Subscription",
     "WorkerPool",
     "__version__",
     "cached",
     "errors",
+    "events",
     "retry",
     "topics",
 ]
@@ -50,6 +55,10 @@ __all__ = [
 # Public name -> the module that defines it; filled in as components land.
 _LAZY: dict[str, str] = {
     "errors": "helixrt.errors",
+    "events": "helixrt.events",
+    "Event": "helixrt.events",
+    "EventBus": "helixrt.events",
+    "Subscription": "helixrt.events",
     "L1Cache": "helixrt.cache",
     "L1Stats": "helixrt.cache",
     "cached": "helixrt.cache",

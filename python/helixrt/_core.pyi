@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
+from contextvars import ContextVar
 from typing import Any, Final, Self, final
 
 from typing_extensions import disjoint_base
@@ -10,12 +11,19 @@ __all__ = [
     "BreakerGuarded",
     "BreakerPermit",
     "CircuitBreaker",
+    "Event",
+    "EventBus",
     "FutureLock",
     "L1Cache",
+    "Subscription",
     "WorkerPool",
     "__version__",
+    "_node_id",
+    "_reseed",
     "build_info",
     "noop",
+    "topic_matches",
+    "trace_id_var",
 ]
 
 __version__: Final[str]
@@ -25,6 +33,113 @@ def build_info() -> dict[str, str]:
 
 def noop() -> None:
     """Does nothing: measures the fixed cost of one call into the Rust core."""
+
+def trace_id_var() -> ContextVar[str | None]:
+    """The context variable holding the current trace id (see `helixrt.events`)."""
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """Whether the literal `topic` matches the subscription `pattern`."""
+
+def _node_id() -> str: ...
+def _reseed() -> None: ...
+
+@final
+class Event:
+    """Something that happened on an EventBus: frozen, shared by every subscriber."""
+
+    def __new__(
+        cls,
+        topic: str,
+        payload: Any = None,
+        *,
+        source: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        id: str | None = None,
+        timestamp: float | None = None,
+        trace_id: str | None = None,
+    ) -> Self: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> Any: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def timestamp(self) -> float: ...
+    @property
+    def trace_id(self) -> str | None: ...
+    @property
+    def metadata(self) -> Mapping[str, Any]: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> Event: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@disjoint_base
+class EventBus:
+    """The pub/sub core of `helixrt.EventBus` (which adds the asyncio surface)."""
+
+    def __new__(
+        cls,
+        *,
+        buffer_size: int = 1000,
+        on_full: str = "drop_oldest",
+        history: int = 0,
+        max_subscribers: int | None = None,
+    ) -> Self: ...
+    def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        source: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Event: ...
+    def publish_event(self, event: Event) -> Event: ...
+    def _subscribe(
+        self,
+        pattern: str,
+        handler: Callable[[Event], object] | None,
+        filter: Callable[[Event], object] | None,
+        buffer_size: int | None,
+        on_full: str | None,
+        *,
+        reader: bool,
+        strict_filter: bool = False,
+    ) -> Subscription: ...
+    def _dispatch(self, on_error: Callable[[int, Event, BaseException], object]) -> None: ...
+    def _close(self) -> None: ...
+    def _idle(self, except_thread: int | None = None) -> bool: ...
+    def _shutdown(self) -> None: ...
+    @property
+    def _dispatchers(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def _matching(self, topic: str) -> list[int]: ...
+    def history(self, pattern: str = ">", limit: int | None = None) -> list[Event]: ...
+    def _stats(self) -> tuple[int, int, int, int, int, float]: ...
+
+@final
+class Subscription:
+    """One pattern's mailbox on an EventBus (wrapped by `helixrt.Subscription`)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def pattern(self) -> str: ...
+    @property
+    def active(self) -> bool: ...
+    @property
+    def buffer_size(self) -> int: ...
+    @property
+    def on_full(self) -> str: ...
+    def unsubscribe(self) -> None: ...
+    def _take(self, max: int, waker: Callable[[], object] | None = None) -> list[Event]: ...
+    def _untake(self, n: int) -> None: ...
+    def _counts(self) -> tuple[int, int, int]: ...
 
 @disjoint_base
 class L1Cache:

@@ -14,14 +14,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BrokenPoolError",
+    "BusClosedError",
     "CacheKeyError",
     "CircuitOpenError",
+    "EventTimeoutError",
     "HelixError",
     "InvalidArgumentError",
     "InvalidTypeError",
     "PoolClosedError",
     "QueueFullError",
     "ReentryError",
+    "SubscriberLimitError",
     "TaskTimeoutError",
 ]
 
@@ -58,6 +61,19 @@ class PoolClosedError(HelixError, RuntimeError):
 class TaskTimeoutError(HelixError, TimeoutError):
     """A task's deadline passed: before it started (it never ran) or while it ran (its result
     will be discarded)."""
+
+
+class BusClosedError(HelixError, RuntimeError):
+    """The event bus is closed (publish and subscribe refuse), or the subscription being read
+    has ended."""
+
+
+class SubscriberLimitError(HelixError, RuntimeError):
+    """The event bus already has its `max_subscribers` subscriptions."""
+
+
+class EventTimeoutError(HelixError, TimeoutError):
+    """No matching event arrived in the time given."""
 
 
 class CircuitOpenError(HelixError, ConnectionError):

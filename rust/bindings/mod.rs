@@ -2,6 +2,7 @@
 //! its errors into Python exceptions.
 
 pub mod breaker;
+pub mod bus;
 pub mod cache;
 pub mod exclusive;
 pub mod pool;

@@ -659,7 +659,7 @@ pub struct FutureLock {
     waiters: AtomicUsize,
 }
 
-fn thread_ident() -> u64 {
+pub(crate) fn thread_ident() -> u64 {
     // SAFETY: a plain query of the calling thread's identifier, as threading.get_ident().
     // (`c_ulong` is 64 bits wide on the platforms helixrt builds for.)
     #[allow(clippy::useless_conversion)]
