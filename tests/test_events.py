@@ -462,13 +462,21 @@ def test_a_block_subscriber_on_the_readers_own_loop_does_not_deadlock() -> None:
     async def main() -> None:
         async with EventBus(buffer_size=2, on_full="block") as bus:
             sub = bus.subscribe("t")
-            await asyncio.sleep(0)
-            with pytest.raises(EventTimeoutError):
-                await sub.get(timeout=0.01)  # parks: this loop's thread is now its reader
-            for i in range(10):  # would wait for room forever on the reader's own thread
+            handled: list[int] = []
+
+            async def handler(event: Event) -> None:
+                handled.append(event.payload)
+
+            bus.subscribe("t", handler)
+            # Room in either mailbox can only be made by this thread's loop: publishing must
+            # overfill them rather than wait for ever.
+            for i in range(10):
                 bus.publish("t", i)
             assert [(await sub.get(1)).payload for _ in range(10)] == list(range(10))
             assert sub.stats().dropped == 0
+            while len(handled) < 10:
+                await asyncio.sleep(0.001)
+            assert handled == list(range(10))
 
     asyncio.run(main())
 

@@ -108,6 +108,7 @@ class EventBus:
         on_full: str | None,
         *,
         reader: bool,
+        loop_thread: int = 0,
         strict_filter: bool = False,
     ) -> Subscription: ...
     def _dispatch(self, on_error: Callable[[int, Event, BaseException], object]) -> None: ...

@@ -206,6 +206,20 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The event as a Python object the cyclic garbage collector does not track. An event is
+    /// immutable and made after its payload and metadata, so it can only be part of a cycle if
+    /// a payload is changed after publishing to refer to its own event; tracking every event
+    /// would cost each publish a share of the collections its allocations set off.
+    fn into_untracked(self, py: Python<'_>) -> PyResult<Py<Event>> {
+        let event = Py::new(py, self)?;
+        // SAFETY: `event` is a live object of a GC type; untracking only hides it from the
+        // cycle collector (its deallocation untracks again, which is allowed).
+        unsafe { pyo3::ffi::PyObject_GC_UnTrack(event.as_ptr().cast()) };
+        Ok(event)
+    }
+}
+
 #[pymethods]
 impl Event {
     /// An event made by hand (a bridge rebuilding one from another process gives all fields);
@@ -575,7 +589,7 @@ impl EventBus {
             check_source(py, source)?,
             read_only_metadata(py, metadata)?,
         )?;
-        send(slf, &subs, Py::new(py, event)?)
+        send(slf, &subs, event.into_untracked(py)?)
     }
 
     /// Publishes an event made elsewhere (one a bridge brought from another process), keeping
@@ -593,7 +607,9 @@ impl EventBus {
     /// Registers a subscription (the Python `subscribe` builds the `Subscription` around it).
     /// `handler` is a plain function for the dispatchers; without one, the consumer runs on an
     /// event loop: a coroutine handler's task, or (`reader`) whoever reads the subscription.
-    #[pyo3(signature = (pattern, handler, filter, buffer_size, on_full, *, reader, strict_filter=false))]
+    /// `loop_thread` is the thread of the event loop that subscribes (0 when none runs there):
+    /// the consumer's thread until it parks somewhere else.
+    #[pyo3(signature = (pattern, handler, filter, buffer_size, on_full, *, reader, loop_thread=0, strict_filter=false))]
     #[allow(clippy::too_many_arguments)]
     fn _subscribe(
         &self,
@@ -604,6 +620,7 @@ impl EventBus {
         buffer_size: Option<i64>,
         on_full: Option<&str>,
         reader: bool,
+        loop_thread: u64,
         strict_filter: bool,
     ) -> PyResult<Subscription> {
         let shared = &self.shared;
@@ -637,7 +654,7 @@ impl EventBus {
             consumer: handler.map_or(Consumer::Loop { reader }, Consumer::Dispatcher),
             filter,
             strict_filter,
-            consumer_thread: AtomicU64::new(0),
+            consumer_thread: AtomicU64::new(loop_thread),
         });
         {
             let mut router = lock(&shared.router);

@@ -25,6 +25,7 @@ COMPONENTS: dict[str, str] = {
     "cache": "helixrt.bench.cache",
     "pool": "helixrt.bench.pool",
     "async_pool": "helixrt.bench.async_pool",
+    "events": "helixrt.bench.events",
     "breaker": "helixrt.bench.breaker",
     "lazy": "helixrt.bench.lazy",
     "http": "helixrt.bench.http",

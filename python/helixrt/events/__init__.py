@@ -331,7 +331,10 @@ class EventBus(_core.EventBus):
     ) -> Subscription:
         if filter is not None and not callable(filter):
             raise InvalidTypeError(f"filter must be callable or None, got {type(filter).__name__}")
-        loop = None
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         if handler is None:
             plain = None
         elif not callable(handler):
@@ -340,13 +343,11 @@ class EventBus(_core.EventBus):
                 f"got {type(handler).__name__}"
             )
         elif _is_coroutine_function(handler):
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
+            if loop is None:
                 raise InvalidArgumentError(
                     "a coroutine handler runs on the event loop that subscribes it, and this "
                     "thread has no running event loop: subscribe it from async code"
-                ) from None
+                )
             plain = None
         else:
             plain = handler
@@ -357,6 +358,9 @@ class EventBus(_core.EventBus):
             buffer_size,
             on_full,
             reader=handler is None,
+            # A publisher on the subscribing loop's thread must never wait for room only that
+            # loop can make: until a reader parks elsewhere, assume it reads on this loop.
+            loop_thread=threading.get_ident() if loop is not None else 0,
             strict_filter=strict_filter,
         )
         sub = Subscription(self, core, handler)
@@ -364,8 +368,8 @@ class EventBus(_core.EventBus):
             self._subscriptions[sub.id] = sub
         if plain is not None:
             self._start_dispatchers()
-        elif loop is not None:
-            sub._task = loop.create_task(sub._consume(handler))  # type: ignore[arg-type]
+        elif loop is not None and handler is not None:
+            sub._task = loop.create_task(sub._consume(handler))
         return sub
 
     def matching(self, topic: str) -> list[Subscription]:
