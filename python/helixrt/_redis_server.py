@@ -43,27 +43,39 @@ def _wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: 
 
 
 @contextmanager
-def redis_server(executable: str = "redis-server", timeout: float = 10.0) -> Iterator[str]:
-    """Start redis-server on a free loopback port; yield its URL; stop it and remove its files."""
+def redis_server(
+    executable: str = "redis-server",
+    timeout: float = 10.0,
+    *,
+    port: int | None = None,
+    appendonly: bool = False,
+) -> Iterator[str]:
+    """Start redis-server on a free loopback port; yield its URL; stop it and remove its files.
+
+    `port` starts it on that port instead (one attempt: a test restarting "the same" server
+    passes the port of the one it stopped); `appendonly` turns the append-only file on (kept in
+    the server's temporary directory, so only for the life of this context).
+    """
     path = shutil.which(executable)
     if path is None:
         raise FileNotFoundError(
             f"{executable} is not on PATH (Debian: apt-get install redis-server)"
         )
     with tempfile.TemporaryDirectory(prefix="helixrt-redis-") as workdir:
-        for _attempt in range(3):  # another process may take the port between bind and start
-            port = free_port()
+        attempts = 3 if port is None else 1
+        for _attempt in range(attempts):  # another process may take a free port before start
+            chosen = free_port() if port is None else port
             process = subprocess.Popen(
                 [
                     path,
                     "--bind",
                     "127.0.0.1",
                     "--port",
-                    str(port),
+                    str(chosen),
                     "--save",
                     "",
                     "--appendonly",
-                    "no",
+                    "yes" if appendonly else "no",
                     "--dir",
                     workdir,
                     "--protected-mode",
@@ -73,7 +85,7 @@ def redis_server(executable: str = "redis-server", timeout: float = 10.0) -> Ite
                 stderr=subprocess.DEVNULL,
             )
             try:
-                _wait_until_listening(port, process, timeout)
+                _wait_until_listening(chosen, process, timeout)
             except RuntimeError:
                 continue
             except BaseException:
@@ -82,9 +94,10 @@ def redis_server(executable: str = "redis-server", timeout: float = 10.0) -> Ite
                 raise
             break
         else:
-            raise RuntimeError("redis-server failed to start on three free ports")
+            where = "three free ports" if port is None else f"port {port}"
+            raise RuntimeError(f"redis-server failed to start on {where}")
         try:
-            yield f"redis://127.0.0.1:{port}/0"
+            yield f"redis://127.0.0.1:{chosen}/0"
         finally:
             process.terminate()
             try:

@@ -6,6 +6,7 @@ and returns at once. Plain-function handlers run on the bus's dispatcher threads
 handlers and `async for` readers run on the event loop that subscribed them. A slow subscriber
 fills its own mailbox only; its `on_full` policy says what happens then.
 
+`RedisBridge` (in `helixrt.events.bridge`) joins buses across processes through Redis;
 `sse_handler` (in `helixrt.events.sse`) streams events to HTTP clients as Server-Sent Events.
 """
 
@@ -36,12 +37,14 @@ from helixrt.errors import (
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from helixrt.events.bridge import RedisBridge
     from helixrt.events.sse import sse_handler
 
 __all__ = [
     "BusStats",
     "Event",
     "EventBus",
+    "RedisBridge",
     "Subscription",
     "SubscriptionStats",
     "current_trace_id",
@@ -536,7 +539,11 @@ threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # as ThreadP
 
 
 def __getattr__(name: str) -> Any:
-    # The SSE handler imports aiohttp: only when asked for.
+    # The bridge imports redis and the SSE handler aiohttp: only when asked for.
+    if name == "RedisBridge":
+        from helixrt.events.bridge import RedisBridge
+
+        return RedisBridge
     if name == "sse_handler":
         from helixrt.events.sse import sse_handler
 
