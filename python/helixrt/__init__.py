@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from helixrt.pool import WorkerPool
     from helixrt.providers import ProviderRegistry
     from helixrt.retries import RetryPolicy, retry
+    from helixrt.tiered import SyncTieredCache, TieredCache
 
 __all__ = [
     "AsyncWorkerPool",
@@ -43,6 +44,8 @@ __all__ = [
     "ProviderRegistry",
     "RetryPolicy",
     "Subscription",
+    "SyncTieredCache",
+    "TieredCache",
     "WorkerPool",
     "__version__",
     "cached",
@@ -71,6 +74,8 @@ _LAZY: dict[str, str] = {
     "ProviderRegistry": "helixrt.providers",
     "HTTPPool": "helixrt.http",
     "topics": "helixrt.topics",
+    "TieredCache": "helixrt.tiered",
+    "SyncTieredCache": "helixrt.tiered",
     "retry": "helixrt.retries",
 }
 

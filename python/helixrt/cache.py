@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from helixrt import _core
-from helixrt.errors import InvalidArgumentError
+from helixrt.errors import InvalidArgumentError, InvalidTypeError
 
 if TYPE_CHECKING:
     import asyncio
+
+    from helixrt.tiered import SyncTieredCache, TieredCache
 
 __all__ = ["L1Cache", "L1Stats", "cached"]
 
@@ -207,13 +209,14 @@ def _default_key(fn: Callable[..., Any]) -> Callable[..., Hashable]:
 
 
 def cached(
-    cache: L1Cache | None = None,
+    cache: L1Cache | TieredCache | SyncTieredCache | None = None,
     *,
     ttl: float | None = None,
     key: Callable[..., Hashable] | None = None,
     tags: Iterable[str] = (),
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Caches a function's results in `cache` (a new `L1Cache` when omitted).
+    """Caches a function's results in `cache` (a new `L1Cache` when omitted, or a TieredCache
+    for async functions, a SyncTieredCache for plain ones: then keys are strings).
 
     Works on plain and async functions. Concurrent callers with the same arguments (threads,
     or tasks of one event loop) share one computation; an exception is raised to all of them
@@ -226,6 +229,8 @@ def cached(
     tag_list = tuple(tags)
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        if cache is not None and not isinstance(cache, L1Cache):
+            return _tiered_wrapper(fn, cache, key, ttl, tag_list)
         store = cache if cache is not None else L1Cache()
         make_key = key or _default_key(fn)
         if inspect.iscoroutinefunction(fn):
@@ -241,6 +246,84 @@ def cached(
         return wrapper
 
     return decorate
+
+
+def _tiered_wrapper(
+    fn: Callable[P, R],
+    cache: Any,
+    key: Callable[..., Hashable] | None,
+    ttl: float | None,
+    tags: tuple[str, ...],
+) -> Callable[P, R]:
+    """`cached` over a TieredCache (async functions) or a SyncTieredCache (plain ones): the
+    cache's own get_or_set shares one call per key, and its keys are strings."""
+    from helixrt.tiered import SyncTieredCache, TieredCache
+
+    is_async = inspect.iscoroutinefunction(fn)
+    if isinstance(cache, TieredCache) and not is_async:
+        raise InvalidArgumentError(
+            f"{fn.__qualname__} is a plain function and TieredCache is async: use "
+            "SyncTieredCache for plain functions"
+        )
+    if isinstance(cache, SyncTieredCache) and is_async:
+        raise InvalidArgumentError(
+            f"{fn.__qualname__} is a coroutine function: use TieredCache (async) for it"
+        )
+    if not isinstance(cache, TieredCache | SyncTieredCache):
+        raise InvalidTypeError(
+            f"cache must be an L1Cache, a TieredCache or a SyncTieredCache, "
+            f"got {type(cache).__name__}"
+        )
+    name = f"{fn.__module__}.{fn.__qualname__}"
+
+    def make_key(*args: Any, **kwargs: Any) -> str:
+        if key is not None:
+            made = key(*args, **kwargs)
+            if not isinstance(made, str):
+                raise InvalidTypeError(
+                    f"key() must return a str for a tiered cache, got {type(made).__name__}"
+                )
+            return made
+        # repr, not hash: the key must mean the same in every process that shares the cache.
+        return f"{name}:{args!r}:{sorted(kwargs.items())!r}"
+
+    if isinstance(cache, TieredCache):
+        acache = cache
+        coroutine_fn = cast(Callable[..., Awaitable[Any]], fn)
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await acache.get_or_set(
+                make_key(*args, **kwargs),
+                lambda: coroutine_fn(*args, **kwargs),
+                ttl=ttl,
+                tags=tags,
+            )
+
+        async def ainvalidate(*args: Any, **kwargs: Any) -> bool:
+            return await acache.delete(make_key(*args, **kwargs))
+
+        async_wrapper.cache = cache  # type: ignore[attr-defined]
+        async_wrapper.invalidate = ainvalidate  # type: ignore[attr-defined]
+        return cast(Callable[P, R], async_wrapper)
+
+    scache = cache
+
+    @functools.wraps(fn)
+    def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        return cast(
+            R,
+            scache.get_or_set(
+                make_key(*args, **kwargs), lambda: fn(*args, **kwargs), ttl=ttl, tags=tags
+            ),
+        )
+
+    def invalidate(*args: Any, **kwargs: Any) -> bool:
+        return scache.delete(make_key(*args, **kwargs))
+
+    sync_wrapper.cache = cache  # type: ignore[attr-defined]
+    sync_wrapper.invalidate = invalidate  # type: ignore[attr-defined]
+    return sync_wrapper
 
 
 def _sync_wrapper(
