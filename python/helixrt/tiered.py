@@ -477,9 +477,16 @@ class TieredCache(_Core):
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value from L1, else from Redis (then kept in L1), else `default`."""
-        value = self._l1_get(_check_key(key))
+        # The L1 hit is the hot path: no helper calls before it (the key's type is checked on
+        # the way to Redis; L1 holds only keys that passed that check or a set's).
+        value = self._l1.get(key, _MISS)
         if value is not _MISS:
+            self._l1_hits += 1
+            if self._events:
+                self._publish(topics.CACHE_HIT, {"key": key, "tier": "l1"})
             return value
+        self._l1_misses += 1
+        _check_key(key)
         if not self._l2_usable():
             self._refused()
             self._l2_misses += 1
@@ -999,9 +1006,14 @@ class SyncTieredCache(_Core):
         return result
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self._l1_get(_check_key(key))
+        value = self._l1.get(key, _MISS)
         if value is not _MISS:
+            self._l1_hits += 1
+            if self._events:
+                self._publish(topics.CACHE_HIT, {"key": key, "tier": "l1"})
             return value
+        self._l1_misses += 1
+        _check_key(key)
         if not self._l2_usable():
             self._refused()
             self._l2_misses += 1
