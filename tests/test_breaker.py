@@ -310,3 +310,24 @@ def test_decorated_functions_keep_their_identity_and_bind_as_methods() -> None:
     assert b.state == "open"  # a TypeError from the call is a failure like any other
     with pytest.raises(CircuitOpenError):
         client.fetch("/b")
+
+
+def test_changes_of_state_are_published_on_a_bus() -> None:
+    from helixrt import topics
+    from helixrt.events import EventBus
+
+    with EventBus(history=10) as bus:
+        b = breaker(bus=bus, success_threshold=1)
+        trip(b)
+        b._advance(10.0)
+        assert b.call(lambda: "ok") == "ok"
+        changes = [
+            (e.payload["breaker"], e.payload["old"], e.payload["new"])
+            for e in bus.history(topics.BREAKER_STATE_CHANGED)
+        ]
+        assert changes == [
+            ("upstream", "closed", "open"),
+            ("upstream", "open", "half_open"),
+            ("upstream", "half_open", "closed"),
+        ]
+        assert {e.source for e in bus.history()} == {"circuit_breaker"}

@@ -28,6 +28,7 @@ import aiohttp
 import pytest
 
 from helixrt.errors import CircuitOpenError, HelixError, InvalidArgumentError, PoolClosedError
+from helixrt.events import EventBus
 from helixrt.http import HostStats, HTTPPool, HTTPStats
 from helixrt.retries import RetryPolicy
 
@@ -325,7 +326,8 @@ def test_breaker_opens_refuses_without_a_request_then_half_opens_and_closes(base
     async def main() -> None:
         options = {"failure_threshold": 3, "reset_timeout": 0.2, "success_threshold": 2}
         policy = RetryPolicy(max_attempts=1)
-        async with HTTPPool(retry=policy, breaker_options=options) as pool:
+        bus = EventBus(history=20)
+        async with HTTPPool(retry=policy, breaker_options=options, bus=bus) as pool:
             breaker = pool.breaker(base)
             assert breaker is not None
             assert breaker is pool.breaker(base)
@@ -357,6 +359,16 @@ def test_breaker_opens_refuses_without_a_request_then_half_opens_and_closes(base
             assert (await pool.get_json(f"{base}/ok/b1"))["ok"]
             assert breaker.state == "closed"
             assert pool.stats().hosts[base].breaker_state == "closed"
+        changes = [(e.payload["old"], e.payload["new"]) for e in bus.history("breaker.>")]
+        assert changes == [
+            ("closed", "open"),
+            ("open", "half_open"),
+            ("half_open", "open"),
+            ("open", "half_open"),
+            ("half_open", "closed"),
+        ]
+        assert {e.payload["breaker"] for e in bus.history()} == {f"http:{base}"}
+        await bus.aclose()
 
     run(main)
     assert count(base, "/status/500/b1") == 4

@@ -41,10 +41,20 @@ class BreakerStats:
     state: str
 
 
+def _announcer(bus: Any) -> Listener:
+    from helixrt import topics
+
+    def announce(breaker: CircuitBreaker, old: str, new: str) -> None:
+        payload = {"breaker": breaker.name, "old": old, "new": new}
+        bus.publish(topics.BREAKER_STATE_CHANGED, payload, source="circuit_breaker")
+
+    return announce
+
+
 class CircuitBreaker(_core.CircuitBreaker):
     """`CircuitBreaker(name="default", *, failure_threshold=5, success_threshold=2,
     reset_timeout=30.0, half_open_max_calls=3, failure_rate=None, window=100, min_calls=20,
-    slow_call_duration=None, exclude=())`
+    slow_call_duration=None, exclude=(), bus=None)`
 
     Closed, it lets calls through and opens after `failure_threshold` consecutive failures
     (the original's defaults: 5 failures, 30 s, 2 successes) or, with `failure_rate` (0-1),
@@ -56,6 +66,9 @@ class CircuitBreaker(_core.CircuitBreaker):
     A failure is an `Exception` not in `exclude` (excluded ones count as successes: the callee
     answered), or a call slower than `slow_call_duration`. A `BaseException` that is not an
     `Exception` (a cancellation, KeyboardInterrupt) does not count either way.
+
+    With a `bus` (an EventBus), each change of state is published on
+    `breaker.state.changed` with the breaker's name and the old and new states.
 
     Thread-safe and usable from any event loop.
     """
@@ -73,6 +86,7 @@ class CircuitBreaker(_core.CircuitBreaker):
         min_calls: int = 20,
         slow_call_duration: float | None = None,
         exclude: Iterable[type[BaseException]] = (),
+        bus: Any = None,
         _manual_clock: bool = False,
     ) -> CircuitBreaker:
         excluded = tuple(exclude)
@@ -109,6 +123,8 @@ class CircuitBreaker(_core.CircuitBreaker):
             _manual_clock,
         )
         holder.append(self)
+        if bus is not None:
+            listeners.append(_announcer(bus))
         self._listeners = listeners
         self._permits = ContextVar(f"helixrt.breaker.{name}")
         return self

@@ -157,7 +157,7 @@ def _count(name: str, value: object) -> int:
 class HTTPPool:
     """`HTTPPool(*, limit=100, limit_per_host=10, keepalive_timeout=90.0, connect_timeout=10.0,
     read_timeout=60.0, total_timeout=None, retry=RetryPolicy(), breaker_per_host=True,
-    dns_cache_ttl=300, headers=None, breaker_options=None)`
+    dns_cache_ttl=300, headers=None, breaker_options=None, bus=None)`
 
     - `limit`: requests in flight at once over the whole pool (aiohttp's default, 100);
       `limit_per_host`: connections per origin (aiohttp's default of 0, unlimited, lets one slow
@@ -181,6 +181,8 @@ class HTTPPool:
       raises `CircuitOpenError` without touching the network.
     - `dns_cache_ttl`: seconds DNS answers are cached (0: not cached; aiohttp's None caches
       forever, aio-libs/aiohttp#1914). `headers`: sent with every request.
+    - `bus`: an EventBus on which the hosts' breakers announce their changes of state
+      (`breaker.state.changed`): a host going down, or coming back.
 
     `async with HTTPPool() as pool:` closes every session (and waits for the connectors) on
     exit; `await pool.aclose()` does the same. Bad arguments raise `InvalidArgumentError`
@@ -202,6 +204,7 @@ class HTTPPool:
         dns_cache_ttl: float = 300,
         headers: Mapping[str, str] | None = None,
         breaker_options: Mapping[str, Any] | None = None,
+        bus: Any = None,
     ) -> None:
         self._limit = _count("limit", limit)
         self._limit_per_host = _count("limit_per_host", limit_per_host)
@@ -233,6 +236,8 @@ class HTTPPool:
                 f"got {type(breaker_options).__name__}"
             )
         self._breaker_options = dict(breaker_options or {})
+        if bus is not None:
+            self._breaker_options["bus"] = bus
         if self._breaker_options:
             try:  # checked now, not at the first request
                 CircuitBreaker("http:check", **self._breaker_options)

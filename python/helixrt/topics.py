@@ -8,6 +8,7 @@ another process or language compares equal.
 from __future__ import annotations
 
 __all__ = [
+    "BREAKER_STATE_CHANGED",
     "CACHE_EXPIRED",
     "CACHE_HIT",
     "CACHE_INVALIDATED",
@@ -61,6 +62,9 @@ SYSTEM_STARTUP = "system.startup"
 SYSTEM_SHUTDOWN = "system.shutdown"
 SYSTEM_HEALTH_CHECK = "system.health.check"
 SYSTEM_ERROR = "system.error"
+
+# helixrt's own: a circuit breaker changed state (payload: breaker, old, new).
+BREAKER_STATE_CHANGED = "breaker.state.changed"
 
 REQUEST_RECEIVED = "request.received"
 REQUEST_COMPLETED = "request.completed"
