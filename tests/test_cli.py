@@ -12,6 +12,7 @@ import pytest
 
 import helixrt
 from helixrt._redis_server import free_port
+from helixrt.bench import COMPONENTS
 from helixrt.bench.runner import Row, format_table
 from helixrt.doctor import check_redis
 
@@ -114,7 +115,7 @@ def test_bench_prints_the_table_and_writes_json(tmp_path: Path) -> None:
 def test_bench_rejects_an_unknown_component() -> None:
     result = helixrt_cmd("bench", "--only", "nosuch")
     assert result.returncode == 2
-    choices = "core, cache, pool, async_pool, breaker, lazy, http"
+    choices = ", ".join(COMPONENTS)
     assert f"unknown component 'nosuch'; choose from {choices}" in result.stderr
 
 
@@ -141,5 +142,7 @@ def test_speedup_reads_lower_time_as_better() -> None:
 def test_bench_lists_its_components() -> None:
     result = helixrt_cmd("bench", "--list")
     assert result.returncode == 0
-    expected = ["core", "cache", "pool", "async_pool", "breaker", "lazy", "http"]
-    assert result.stdout.split() == expected
+    assert result.stdout.split() == list(COMPONENTS)
+    assert {"core", "cache", "pool", "async_pool", "events", "breaker", "lazy", "http"} <= set(
+        COMPONENTS
+    )
