@@ -164,6 +164,9 @@ class _Core:
         # Bumped on every invalidation received: a get that read Redis before one arrived must
         # not put what it read into L1 (it may be the value the invalidation was about).
         self._epoch = 0
+        # Makes the epoch check and the L1 write of a promotion one step, as seen by the thread
+        # that applies invalidations (SyncTieredCache's listener).
+        self._coherence = threading.Lock()
         self._l1_hits = self._l1_misses = self._l2_hits = self._l2_misses = 0
         self._l2_errors = self._decode_errors = self._batched = 0
         self._sent = self._received = 0
@@ -225,8 +228,10 @@ class _Core:
                 self._publish(topics.CACHE_MISS, {"key": key})
             return _MISS
         self._l2_hits += 1
-        if ttl is not None and epoch == self._epoch:
-            self._l1.set(key, value, ttl=ttl)
+        if ttl is not None:
+            with self._coherence:  # no invalidation lands between the check and the write
+                if epoch == self._epoch:
+                    self._l1.set(key, value, ttl=ttl)
         if self._events:
             self._publish(topics.CACHE_HIT, {"key": key, "tier": "l2"})
         return value
@@ -262,14 +267,24 @@ class _Core:
         except (ValueError, AttributeError):
             log.warning("ignored a malformed invalidation message: %r", raw[:100])
             return
-        self._epoch += 1
-        self._received += 1
-        if message.get("c"):
-            self._l1.clear()
-        for key in message.get("k", ()):
-            self._l1.delete(key)
-        if message.get("t"):
-            self._l1.invalidate_tag(message["t"])
+        with self._coherence:
+            self._epoch += 1
+            self._received += 1
+            if message.get("c"):
+                self._l1.clear()
+            for key in message.get("k", ()):
+                self._l1.delete(key)
+            if message.get("t"):
+                self._l1.invalidate_tag(message["t"])
+
+    def _drop_own_copies(self, keys: list[str]) -> None:
+        """After a tag invalidation of ours: L1 entries read from Redis carry no tags, and this
+        instance ignores its own announcement, so drop them here (and keep a get that read
+        Redis before the deletion from putting its value back)."""
+        with self._coherence:
+            self._epoch += 1
+            for key in keys:
+                self._l1.delete(key)
 
     def _publish(self, topic: str, payload: dict[str, Any]) -> None:
         if self._bus is None:
@@ -333,6 +348,9 @@ _SETTINGS_DOC = """
     - `negative_ttl`: how long `get_or_set` keeps a loader's None (not at all by default).
     - `strict`: raise L2Error when Redis fails (by default a failing Redis is a miss on get
       and an L1-only write on set; the breaker keeps it from costing every call a timeout).
+      A write made while Redis was unreachable lived in L1 only: when the invalidation
+      channel comes back the cache clears its L1 (it may have missed announcements), and a
+      value Redis kept from before the outage is served again.
     - `bus`: an EventBus for `cache.invalidated` events (and `cache.hit` / `cache.miss` with
       `events=True`).
 """
@@ -668,6 +686,7 @@ class TieredCache(_Core):
         )
         dropped = await self._delete(members, t=tag)
         await self._redis.delete(tag_key)
+        self._drop_own_copies(members)
         return dropped
 
     async def clear(self) -> None:
@@ -1127,6 +1146,7 @@ class SyncTieredCache(_Core):
             )
             count = self._delete(members, t=tag)
             self._redis.delete(tag_key)
+            self._drop_own_copies(members)
             return count
 
         if self._l2_usable():

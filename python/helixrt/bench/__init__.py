@@ -26,6 +26,7 @@ COMPONENTS: dict[str, str] = {
     "pool": "helixrt.bench.pool",
     "async_pool": "helixrt.bench.async_pool",
     "events": "helixrt.bench.events",
+    "tiered": "helixrt.bench.tiered",
     "breaker": "helixrt.bench.breaker",
     "lazy": "helixrt.bench.lazy",
     "http": "helixrt.bench.http",
