@@ -20,7 +20,6 @@ import json
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from helixrt import HTTPPool, Lazy, RetryPolicy
 from helixrt.http import HostStats
@@ -69,7 +68,7 @@ class ChatProvider:
         breaker_options: Mapping[str, Any] | None = None,
         read_timeout: float = 60.0,
     ) -> None:
-        self._origin = _origin(base_url)
+        self._origin = HTTPPool.origin(base_url)
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._model = model
         self._cache = cache
@@ -138,14 +137,6 @@ class ChatProvider:
             await _raise_for_status(response)
             result: dict[str, Any] = await response.json()
             return result
-
-
-def _origin(url: str) -> str:
-    """`scheme://host:port` with the port always written, as `HTTPPool.stats().hosts` keys it."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def _cache_key(body: Mapping[str, Any]) -> str:

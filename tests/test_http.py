@@ -649,3 +649,16 @@ def test_a_request_slot_handed_to_a_cancelled_waiter_passes_on() -> None:
         assert slots.take_now()
 
     asyncio.run(main())
+
+
+def test_origin_and_breaker_take_any_url_of_the_host(base: str) -> None:
+    async def main() -> None:
+        async with HTTPPool() as pool:
+            assert HTTPPool.origin(f"{base}/v1/chat?x=1") == base
+            assert pool.breaker(f"{base}/v1/chat") is pool.breaker(base)
+            with pytest.raises(InvalidArgumentError, match="absolute"):
+                HTTPPool.origin("/relative")
+            with pytest.raises(InvalidArgumentError, match=r"str or a yarl\.URL"):
+                HTTPPool.origin(3)  # type: ignore[arg-type]
+
+    run(main)

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import pytest
 
 from helixrt import CircuitOpenError, RetryPolicy
+from helixrt.http import HTTPPool
 from helixrt.tiered import TieredCache
 
 pytestmark = pytest.mark.integration
@@ -208,9 +209,9 @@ def test_the_cache_key_is_stable_and_tells_requests_apart() -> None:
 
 
 def test_the_origin_names_the_port_as_the_pool_does() -> None:
-    assert example._origin("https://api.openai.com/v1") == "https://api.openai.com:443"
-    assert example._origin("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000"
-    assert example._origin("http://[::1]/v1") == "http://[::1]:80"
+    assert HTTPPool.origin("https://api.openai.com/v1") == "https://api.openai.com:443"
+    assert HTTPPool.origin("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000"
+    assert HTTPPool.origin("http://[::1]/v1") == "http://[::1]:80"
 
 
 def test_stream_yields_the_deltas_in_order(server: str) -> None:

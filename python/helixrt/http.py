@@ -307,12 +307,22 @@ class HTTPPool:
         self._sessions[host] = session
         return session
 
-    def breaker(self, host: str) -> CircuitBreaker | None:
-        """The circuit breaker of `host` (made with its session), or None without breakers."""
+    @staticmethod
+    def origin(url: str | URL) -> str:
+        """The origin of `url`, "scheme://host:port" with the port written out: what its
+        requests share (a session, a breaker) and the key of `stats().hosts`."""
+        if not isinstance(url, str | URL):
+            raise InvalidArgumentError(f"url must be a str or a yarl.URL, got {url!r}")
+        return _origin(URL(url) if isinstance(url, str) else url, "url")
+
+    def breaker(self, url: str | URL) -> CircuitBreaker | None:
+        """The circuit breaker of the host of `url` (any URL on it; made with its session), or
+        None without breakers."""
         if not self._breaker_per_host:
             return None
-        self.session(host)
-        return self._breakers[_origin(URL(host), "host")]
+        origin = self.origin(url)
+        self.session(origin)
+        return self._breakers[origin]
 
     # --------------------------------------------------------------------------- requests
 
