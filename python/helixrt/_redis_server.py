@@ -1,6 +1,7 @@
 """A throwaway `redis-server` on a free loopback port, for tests, demos and benchmarks.
 
 Not a way to run Redis in production: no persistence, no password, gone when the context exits.
+`redis_cluster()` starts a throwaway Redis Cluster the same way (masters only, no replicas).
 `python -m helixrt._redis_server -- CMD ...` runs CMD with `REDIS_URL` pointing at a fresh server
 (or, when no redis-server is on PATH, runs CMD without one and says so on stderr).
 """
@@ -16,8 +17,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["free_port", "redis_server"]
+__all__ = ["free_port", "redis_cluster", "redis_server"]
 
 
 def free_port() -> int:
@@ -105,6 +107,174 @@ def redis_server(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+# A Redis Cluster has this many hash slots, shared out between its masters.
+_SLOTS = 16384
+
+
+def _read_reply(stream: Any) -> Any:
+    """One RESP2 reply from `stream` (enough of the protocol for the commands used here)."""
+    line = stream.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("the connection closed in the middle of a reply")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        data: bytes = stream.read(size + 2)[:-2]
+        return data.decode()
+    if kind == b"*":
+        size = int(rest)
+        return None if size < 0 else [_read_reply(stream) for _ in range(size)]
+    raise ConnectionError(f"unexpected reply from redis-server: {line[:80]!r}")
+
+
+def _command(port: int, *args: object, timeout: float = 2.0) -> Any:
+    """Sends one command to the redis-server on 127.0.0.1:`port`; returns its reply."""
+    parts = [str(arg).encode() for arg in args]
+    request = b"*%d\r\n" % len(parts) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(part), part) for part in parts
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        with sock.makefile("rb") as stream:
+            return _read_reply(stream)
+
+
+def _cluster_info(port: int) -> dict[str, str]:
+    text = _command(port, "CLUSTER", "INFO")
+    return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+
+
+def _log_tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as log:
+            return "".join(log.readlines()[-lines:]).strip()
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def redis_cluster(
+    masters: int = 3,
+    executable: str = "redis-server",
+    timeout: float = 15.0,
+) -> Iterator[str]:
+    """Start a Redis Cluster of `masters` masters (no replicas) on free loopback ports; yield
+    `redis+cluster://127.0.0.1:PORT` (the first master: a client finds the others from it);
+    stop every server and remove their files on exit.
+
+    Each master gets an equal share of the 16384 hash slots (CLUSTER ADDSLOTSRANGE) and meets
+    the first (CLUSTER MEET); the context is entered once every node's CLUSTER INFO says
+    `cluster_state:ok` and knows all `masters`. Raises RuntimeError (with the end of the
+    servers' logs) when that does not happen within `timeout` seconds.
+    """
+    if not isinstance(masters, int) or isinstance(masters, bool) or masters < 1:
+        raise ValueError(f"masters must be a positive int, got {masters!r}")
+    path = shutil.which(executable)
+    if path is None:
+        raise FileNotFoundError(
+            f"{executable} is not on PATH (Debian: apt-get install redis-server)"
+        )
+    deadline = time.monotonic() + timeout
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="helixrt-redis-cluster-") as workdir:
+        try:
+            nodes: list[tuple[int, int]] = []  # (port, cluster bus port) of each master
+            for index in range(masters):
+                logfile = os.path.join(workdir, f"node-{index}.log")
+                for _attempt in range(3):  # another process may take a free port before start
+                    port, bus_port = free_port(), free_port()
+                    taken = {p for node in nodes for p in node}
+                    if port == bus_port or {port, bus_port} & taken:
+                        continue
+                    process = subprocess.Popen(
+                        [
+                            path,
+                            "--bind",
+                            "127.0.0.1",
+                            "--port",
+                            str(port),
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-port",
+                            str(bus_port),
+                            "--cluster-config-file",
+                            os.path.join(workdir, f"nodes-{port}.conf"),
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--dir",
+                            workdir,
+                            "--logfile",
+                            logfile,
+                            "--protected-mode",
+                            "yes",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    processes.append(process)
+                    try:
+                        _wait_until_listening(port, process, max(deadline - time.monotonic(), 1))
+                    except RuntimeError:
+                        continue
+                    nodes.append((port, bus_port))
+                    break
+                else:
+                    raise RuntimeError(
+                        f"redis-server (cluster node {index}) failed to start on three free "
+                        f"ports: {_log_tail(logfile)}"
+                    )
+            first = nodes[0][0]
+            for index, (port, bus_port) in enumerate(nodes):
+                start = _SLOTS * index // masters
+                end = _SLOTS * (index + 1) // masters - 1
+                _command(port, "CLUSTER", "ADDSLOTSRANGE", start, end)
+                # Distinct config epochs, as `redis-cli --cluster create` gives them.
+                _command(port, "CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+                if port != first:
+                    _command(first, "CLUSTER", "MEET", "127.0.0.1", port, bus_port)
+            pending = [port for port, _ in nodes]
+            while pending:
+                infos = {port: _cluster_info(port) for port in pending}
+                pending = [
+                    port
+                    for port, info in infos.items()
+                    if info.get("cluster_state") != "ok"
+                    or info.get("cluster_known_nodes") != str(masters)
+                    or info.get("cluster_slots_assigned") != str(_SLOTS)
+                ]
+                if pending and time.monotonic() > deadline:
+                    logs = "; ".join(
+                        _log_tail(os.path.join(workdir, f"node-{i}.log"), 2) for i in range(masters)
+                    )
+                    raise RuntimeError(
+                        f"the Redis Cluster of {masters} masters was not ready within "
+                        f"{timeout} s (nodes {pending} not ok: {infos[pending[0]]}); logs: {logs}"
+                    )
+                if pending:
+                    time.sleep(0.05)
+            yield f"redis+cluster://127.0.0.1:{first}"
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def _main(argv: list[str]) -> int:

@@ -442,6 +442,10 @@ class TieredCache(_Core):
         while not self._closed:
             pubsub = self._redis.pubsub()
             try:
+                if self._cluster:
+                    # An async RedisCluster learns the slots on its first command, and its
+                    # pubsub needs them to pick the node for the channel (KeyError otherwise).
+                    await self._redis.initialize()
                 await pubsub.subscribe(self._channel)
                 # The subscription is confirmed once its reply is read.
                 while await pubsub.get_message(timeout=self._timeout) is None:
@@ -637,8 +641,7 @@ class TieredCache(_Core):
             # A new set has no expiry (NX sets one); an older one only ever lengthens (GT).
             pipe.pexpire(tag_key, px, nx=True)
             pipe.pexpire(tag_key, px, gt=True)
-        pipe.publish(self._channel, self._message(k=list(encoded)))
-        await pipe.execute()
+        await self._execute_announced(pipe, self._message(k=list(encoded)))
 
     async def delete(self, key: str) -> bool:
         """Removes `key` from both tiers (and from every instance's L1); True if it was there."""
@@ -659,9 +662,18 @@ class TieredCache(_Core):
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
             pipe.delete(self._rkey(key))
-        pipe.publish(self._channel, self._message(k=keys, **announce))
-        results = await pipe.execute()
-        return sum(results[:-1])
+        results = await self._execute_announced(pipe, self._message(k=keys, **announce))
+        return sum(results)
+
+    async def _execute_announced(self, pipe: Any, message: str) -> list[Any]:
+        """Runs `pipe`, then publishes `message` (in the same round trip, except on a cluster,
+        whose pipelines refuse PUBLISH); returns the pipeline's results."""
+        if self._cluster:
+            results = list(await pipe.execute())
+            await self._redis.publish(self._channel, message)
+            return results
+        pipe.publish(self._channel, message)
+        return list(await pipe.execute())[:-1]
 
     async def invalidate_tag(self, tag: str) -> int:
         """Drops every entry set with `tag`, from Redis and from every instance's L1; returns
@@ -715,10 +727,9 @@ class TieredCache(_Core):
         await self._redis.publish(self._channel, self._message(c=1))
 
     async def _unlink(self, names: list[Any]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for name in names:
-            pipe.unlink(name)
-        await pipe.execute()
+        # Not a pipeline of UNLINKs: redis.asyncio's cluster pipeline makes `unlink` a coroutine
+        # that queues nothing. The client's UNLINK sends one command (one per slot on a cluster).
+        await self._redis.unlink(*names)
 
     # -- loaders -------------------------------------------------------------------------------
 
@@ -888,7 +899,9 @@ def _async_client(url: str, timeout: float) -> Any:
     }
     if url.startswith(_CLUSTER_SCHEME):
         url = "redis://" + url.removeprefix(_CLUSTER_SCHEME)
-        return async_redis.RedisCluster.from_url(url, socket_timeout=timeout)
+        return async_redis.RedisCluster.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
     return async_redis.Redis.from_url(url, **options)
 
 
@@ -901,7 +914,9 @@ def _sync_client(url: str, timeout: float) -> Any:
         raise HelixError("SyncTieredCache needs redis-py: pip install helixrt[redis]") from None
     if url.startswith(_CLUSTER_SCHEME):
         url = "redis://" + url.removeprefix(_CLUSTER_SCHEME)
-        return sync_redis.RedisCluster.from_url(url, socket_timeout=timeout)
+        return sync_redis.RedisCluster.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
     return sync_redis.Redis.from_url(
         url,
         socket_timeout=timeout,
@@ -1106,8 +1121,7 @@ class SyncTieredCache(_Core):
                 pipe.sadd(tag_key, *encoded)
                 pipe.pexpire(tag_key, px, nx=True)
                 pipe.pexpire(tag_key, px, gt=True)
-            pipe.publish(self._channel, self._message(k=list(encoded)))
-            pipe.execute()
+            self._execute_announced(pipe, self._message(k=list(encoded)))
 
         try:
             self._guarded(write)
@@ -1118,9 +1132,17 @@ class SyncTieredCache(_Core):
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
             pipe.delete(self._rkey(key))
-        pipe.publish(self._channel, self._message(k=keys, **announce))
-        results = pipe.execute()
-        return int(sum(results[:-1]))
+        results = self._execute_announced(pipe, self._message(k=keys, **announce))
+        return int(sum(results))
+
+    def _execute_announced(self, pipe: Any, message: str) -> list[Any]:
+        """As TieredCache._execute_announced."""
+        if self._cluster:
+            results = list(pipe.execute())
+            self._redis.publish(self._channel, message)
+            return results
+        pipe.publish(self._channel, message)
+        return list(pipe.execute())[:-1]
 
     def delete(self, key: str) -> bool:
         in_l1 = self._l1.delete(_check_key(key))
