@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal, Self
 
 from helixrt import topics
 from helixrt.breaker import CircuitBreaker
@@ -37,10 +37,6 @@ from helixrt.errors import (
     InvalidArgumentError,
     InvalidTypeError,
 )
-
-if TYPE_CHECKING:
-    import redis as sync_redis
-    import redis.asyncio as async_redis
 
 __all__ = ["SyncTieredCache", "TieredCache", "TieredStats"]
 
@@ -125,22 +121,22 @@ class _Core:
 
     def __init__(
         self,
-        redis: object,
+        redis: Any = None,
         *,
-        l1: L1Cache | None,
-        l1_ttl: float,
-        l2_ttl: float,
-        namespace: str,
-        serializer: Any,
-        compression: Literal["lz4", "gzip"] | None,
-        compress_min_bytes: int,
-        negative_ttl: float | None,
-        bus: Any,
-        strict: bool,
-        signing_key: bytes | str | None,
-        breaker: CircuitBreaker | None,
-        events: bool,
-        timeout: float,
+        l1: L1Cache | None = None,
+        l1_ttl: float = 300.0,
+        l2_ttl: float = 1800.0,
+        namespace: str = "tiered:",
+        serializer: Any = "msgpack",
+        compression: Literal["lz4", "gzip"] | None = "lz4",
+        compress_min_bytes: int = 512,
+        negative_ttl: float | None = None,
+        bus: Any = None,
+        strict: bool = False,
+        signing_key: bytes | str | None = None,
+        breaker: CircuitBreaker | None = None,
+        events: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self._l1_ttl = _check_ttl("l1_ttl", l1_ttl, allow_none=False) or 0.0
         self._l2_ttl = _check_ttl("l2_ttl", l2_ttl, allow_none=False) or 0.0
@@ -171,6 +167,18 @@ class _Core:
         self._l2_errors = self._decode_errors = self._batched = 0
         self._sent = self._received = 0
         self._closed = False
+        self._owns_redis = isinstance(redis, str)
+        self._redis = self._client(redis, self._timeout) if isinstance(redis, str) else redis
+        self._cluster = _is_cluster(self._redis)
+        self._setup()
+
+    @staticmethod
+    def _client(url: str, timeout: float) -> Any:
+        """The Redis client for `url` (async or sync)."""
+        raise NotImplementedError
+
+    def _setup(self) -> None:
+        """What the async or the sync cache adds to the shared state."""
 
     # -- keys and values -----------------------------------------------------------------------
 
@@ -235,6 +243,62 @@ class _Core:
         if self._events:
             self._publish(topics.CACHE_HIT, {"key": key, "tier": "l2"})
         return value
+
+    def _from_l1(self, keys: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
+        """(what L1 has of `keys`, the keys it lacks)."""
+        found: dict[str, Any] = {}
+        missing: list[str] = []
+        for key in keys:
+            value = self._l1_get(_check_key(key))
+            if value is _MISS:
+                missing.append(key)
+            else:
+                found[key] = value
+        return found, missing
+
+    def _from_l2(
+        self, found: dict[str, Any], missing: list[str], raws: list[bytes | None], epoch: int
+    ) -> dict[str, Any]:
+        for key, raw in zip(missing, raws, strict=True):
+            value = self._found_l2(key, raw, epoch)
+            if value is not _MISS:
+                found[key] = value
+        return found
+
+    def _queue_write(
+        self, pipe: Any, encoded: dict[str, bytes], l2_ttl: float, tags: tuple[str, ...]
+    ) -> str:
+        """Queues a write of `encoded` (and its tags) on `pipe`; returns its announcement."""
+        px = max(1, int(l2_ttl * 1000))
+        for key, data in encoded.items():
+            pipe.set(self._rkey(key), data, px=px)
+        for tag in tags:
+            tag_key = self._tag_key(tag)
+            pipe.sadd(tag_key, *encoded)
+            # A new set has no expiry (NX sets one); an older one only ever lengthens (GT).
+            pipe.pexpire(tag_key, px, nx=True)
+            pipe.pexpire(tag_key, px, gt=True)
+        return self._message(k=list(encoded))
+
+    def _queue_delete(self, pipe: Any, keys: list[str], **announce: Any) -> str:
+        for key in keys:
+            pipe.delete(self._rkey(key))
+        return self._message(k=keys, **announce)
+
+    def _prepare_set(
+        self, mapping: Mapping[str, Any], ttl: float | None, tags: Iterable[str]
+    ) -> tuple[dict[str, bytes], float, tuple[str, ...]]:
+        """Checks and encodes a set, writes L1; returns what Redis is to get (nothing when
+        there is no Redis or it is not used now)."""
+        l1_ttl, l2_ttl = self._ttls(ttl)
+        checked_tags = _check_tags(tags)
+        encoded = self._encode_all(mapping, l2_ttl)
+        for key, value in mapping.items():
+            self._l1.set(key, value, ttl=l1_ttl, tags=checked_tags)
+        if encoded and not self._l2_usable():
+            self._refused()
+            encoded = {}
+        return encoded, l2_ttl, checked_tags
 
     def _l2_usable(self) -> bool:
         return self._redis is not None and self._breaker.state != "open"
@@ -374,45 +438,11 @@ class TieredCache(_Core):
     """
     )
 
-    def __init__(
-        self,
-        redis: async_redis.Redis | async_redis.RedisCluster | str | None = None,
-        *,
-        l1: L1Cache | None = None,
-        l1_ttl: float = 300.0,
-        l2_ttl: float = 1800.0,
-        namespace: str = "tiered:",
-        serializer: Any = "msgpack",
-        compression: Literal["lz4", "gzip"] | None = "lz4",
-        compress_min_bytes: int = 512,
-        negative_ttl: float | None = None,
-        bus: Any = None,
-        strict: bool = False,
-        signing_key: bytes | str | None = None,
-        breaker: CircuitBreaker | None = None,
-        events: bool = False,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(
-            redis,
-            l1=l1,
-            l1_ttl=l1_ttl,
-            l2_ttl=l2_ttl,
-            namespace=namespace,
-            serializer=serializer,
-            compression=compression,
-            compress_min_bytes=compress_min_bytes,
-            negative_ttl=negative_ttl,
-            bus=bus,
-            strict=strict,
-            signing_key=signing_key,
-            breaker=breaker,
-            events=events,
-            timeout=timeout,
-        )
-        self._owns_redis = isinstance(redis, str)
-        self._redis = _async_client(redis, self._timeout) if isinstance(redis, str) else redis
-        self._cluster = _is_cluster(self._redis)
+    @staticmethod
+    def _client(url: str, timeout: float) -> Any:
+        return _async_client(url, timeout)
+
+    def _setup(self) -> None:
         self._batch: _Batch | None = None
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -573,14 +603,7 @@ class TieredCache(_Core):
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The values found for `keys` (absent ones left out), with one MGET for L1 misses."""
-        found: dict[str, Any] = {}
-        missing: list[str] = []
-        for key in keys:
-            value = self._l1_get(_check_key(key))
-            if value is _MISS:
-                missing.append(key)
-            else:
-                found[key] = value
+        found, missing = self._from_l1(keys)
         if not missing:
             return found
         if not self._l2_usable():
@@ -595,11 +618,7 @@ class TieredCache(_Core):
             self._failed("MGET", exc)
             self._l2_misses += len(missing)
             return found
-        for key, raw in zip(missing, raws, strict=True):
-            value = self._found_l2(key, raw, epoch)
-            if value is not _MISS:
-                found[key] = value
-        return found
+        return self._from_l2(found, missing, raws, epoch)
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -614,34 +633,18 @@ class TieredCache(_Core):
         self, mapping: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """`set` for several keys in one round trip."""
-        l1_ttl, l2_ttl = self._ttls(ttl)
-        tags = _check_tags(tags)
-        encoded = self._encode_all(mapping, l2_ttl)
-        for key, value in mapping.items():
-            self._l1.set(key, value, ttl=l1_ttl, tags=tags)
+        encoded, l2_ttl, checked_tags = self._prepare_set(mapping, ttl, tags)
         if not encoded:
-            return
-        if not self._l2_usable():
-            self._refused()
             return
         await self._ready()
         try:
-            await self._guarded(self._write(encoded, l2_ttl, tags))
+            await self._guarded(self._write(encoded, l2_ttl, checked_tags))
         except Exception as exc:
             self._failed("SET", exc)
 
     async def _write(self, encoded: dict[str, bytes], l2_ttl: float, tags: tuple[str, ...]) -> None:
-        px = max(1, int(l2_ttl * 1000))
         pipe = self._redis.pipeline(transaction=False)
-        for key, data in encoded.items():
-            pipe.set(self._rkey(key), data, px=px)
-        for tag in tags:
-            tag_key = self._tag_key(tag)
-            pipe.sadd(tag_key, *encoded)
-            # A new set has no expiry (NX sets one); an older one only ever lengthens (GT).
-            pipe.pexpire(tag_key, px, nx=True)
-            pipe.pexpire(tag_key, px, gt=True)
-        await self._execute_announced(pipe, self._message(k=list(encoded)))
+        await self._execute_announced(pipe, self._queue_write(pipe, encoded, l2_ttl, tags))
 
     async def delete(self, key: str) -> bool:
         """Removes `key` from both tiers (and from every instance's L1); True if it was there."""
@@ -660,9 +663,7 @@ class TieredCache(_Core):
 
     async def _delete(self, keys: list[str], **announce: Any) -> int:
         pipe = self._redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.delete(self._rkey(key))
-        results = await self._execute_announced(pipe, self._message(k=keys, **announce))
+        results = await self._execute_announced(pipe, self._queue_delete(pipe, keys, **announce))
         return sum(results)
 
     async def _execute_announced(self, pipe: Any, message: str) -> list[Any]:
@@ -933,52 +934,18 @@ class SyncTieredCache(_Core):
 
     __doc__ = (__doc__ or "") + _SETTINGS_DOC
 
-    def __init__(
-        self,
-        redis: sync_redis.Redis | sync_redis.RedisCluster | str | None = None,
-        *,
-        l1: L1Cache | None = None,
-        l1_ttl: float = 300.0,
-        l2_ttl: float = 1800.0,
-        namespace: str = "tiered:",
-        serializer: Any = "msgpack",
-        compression: Literal["lz4", "gzip"] | None = "lz4",
-        compress_min_bytes: int = 512,
-        negative_ttl: float | None = None,
-        bus: Any = None,
-        strict: bool = False,
-        signing_key: bytes | str | None = None,
-        breaker: CircuitBreaker | None = None,
-        events: bool = False,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(
-            redis,
-            l1=l1,
-            l1_ttl=l1_ttl,
-            l2_ttl=l2_ttl,
-            namespace=namespace,
-            serializer=serializer,
-            compression=compression,
-            compress_min_bytes=compress_min_bytes,
-            negative_ttl=negative_ttl,
-            bus=bus,
-            strict=strict,
-            signing_key=signing_key,
-            breaker=breaker,
-            events=events,
-            timeout=timeout,
-        )
-        self._owns_redis = isinstance(redis, str)
-        self._redis = _sync_client(redis, self._timeout) if isinstance(redis, str) else redis
-        self._cluster = _is_cluster(self._redis)
+    @staticmethod
+    def _client(url: str, timeout: float) -> Any:
+        return _sync_client(url, timeout)
+
+    def _setup(self) -> None:
         self._inflight_lock = threading.Lock()
         self._inflight: dict[str, _Flight] = {}
         self._listening = threading.Event()
         self._listener: threading.Thread | None = None
         if self._redis is not None:
             self._listener = threading.Thread(
-                target=self._listen, name=f"helixrt-tiered-{namespace}", daemon=True
+                target=self._listen, name=f"helixrt-tiered-{self._ns}", daemon=True
             )
             self._listener.start()
             self._listening.wait(self._timeout * 2)
@@ -1063,14 +1030,7 @@ class SyncTieredCache(_Core):
         return default if value is _MISS else value
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        missing: list[str] = []
-        for key in keys:
-            value = self._l1_get(_check_key(key))
-            if value is _MISS:
-                missing.append(key)
-            else:
-                found[key] = value
+        found, missing = self._from_l1(keys)
         if not missing:
             return found
         if not self._l2_usable():
@@ -1086,11 +1046,7 @@ class SyncTieredCache(_Core):
             self._failed("MGET", exc)
             self._l2_misses += len(missing)
             return found
-        for key, raw in zip(missing, raws, strict=True):
-            value = self._found_l2(key, raw, epoch)
-            if value is not _MISS:
-                found[key] = value
-        return found
+        return self._from_l2(found, missing, raws, epoch)
 
     def set(
         self, key: str, value: Any, *, ttl: float | None = None, tags: Iterable[str] = ()
@@ -1100,28 +1056,13 @@ class SyncTieredCache(_Core):
     def set_many(
         self, mapping: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
-        l1_ttl, l2_ttl = self._ttls(ttl)
-        tags = _check_tags(tags)
-        encoded = self._encode_all(mapping, l2_ttl)
-        for key, value in mapping.items():
-            self._l1.set(key, value, ttl=l1_ttl, tags=tags)
+        encoded, l2_ttl, checked_tags = self._prepare_set(mapping, ttl, tags)
         if not encoded:
             return
-        if not self._l2_usable():
-            self._refused()
-            return
-        px = max(1, int(l2_ttl * 1000))
 
         def write() -> None:
             pipe = self._redis.pipeline(transaction=False)
-            for key, data in encoded.items():
-                pipe.set(self._rkey(key), data, px=px)
-            for tag in tags:
-                tag_key = self._tag_key(tag)
-                pipe.sadd(tag_key, *encoded)
-                pipe.pexpire(tag_key, px, nx=True)
-                pipe.pexpire(tag_key, px, gt=True)
-            self._execute_announced(pipe, self._message(k=list(encoded)))
+            self._execute_announced(pipe, self._queue_write(pipe, encoded, l2_ttl, checked_tags))
 
         try:
             self._guarded(write)
@@ -1130,9 +1071,7 @@ class SyncTieredCache(_Core):
 
     def _delete(self, keys: list[str], **announce: Any) -> int:
         pipe = self._redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.delete(self._rkey(key))
-        results = self._execute_announced(pipe, self._message(k=keys, **announce))
+        results = self._execute_announced(pipe, self._queue_delete(pipe, keys, **announce))
         return int(sum(results))
 
     def _execute_announced(self, pipe: Any, message: str) -> list[Any]:
