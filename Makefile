@@ -69,8 +69,17 @@ format: $(DEPS) rust-tools ## format the Python and Rust sources in place
 	$(VENV)/bin/ruff format --quiet $(PY_DIRS)
 	cargo fmt
 
+# The MCP servers the tests run (tests/mcp_servers.json: npm and PyPI packages, pinned), installed
+# by helixrt's own Preinstaller into .cache/mcp; the tests then launch them offline.
+export HELIXRT_MCP_ROOT := $(abspath .cache/mcp)
+export HELIXRT_MCP_TEST_ROOT := $(HELIXRT_MCP_ROOT)
+
+.PHONY: mcp-servers
+mcp-servers: $(BUILT) ## install the MCP servers the tests use (needs node and npm)
+	$(PY) -m helixrt mcp install --config tests/mcp_servers.json
+
 .PHONY: test
-test: $(BUILT) redis ## cargo test, the linters and the whole pytest suite
+test: $(BUILT) redis mcp-servers ## cargo test, the linters and the whole pytest suite
 	cargo test --quiet
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
@@ -93,4 +102,4 @@ wheel: $(DEPS) ## build a release wheel into dist/
 
 .PHONY: clean
 clean: ## remove build products and the venv
-	rm -rf target dist $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf target dist $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis

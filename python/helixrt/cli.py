@@ -1,5 +1,6 @@
-"""The `helixrt` command: `--version`, `doctor` (is this machine ready?) and `bench` (the table of
-helixrt against its peers). Heavy modules are imported inside the sub-command that needs them."""
+"""The `helixrt` command: `--version`, `doctor` (is this machine ready?), `bench` (the table of
+helixrt against its peers) and `mcp` (MCP server packages and tools). Heavy modules are
+imported inside the sub-command that needs them."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     bench.add_argument("--list", action="store_true", help="list the components and exit")
+
+    from helixrt.mcp.cli import add_parser as add_mcp_parser
+
+    add_mcp_parser(commands)
     return parser
 
 
@@ -64,5 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as err:
             print(f"helixrt bench: {err}", file=sys.stderr)
             return 2
+    if args.command == "mcp":
+        from helixrt.mcp.cli import run as run_mcp
+
+        return run_mcp(args)
     _parser().print_help()
     return 0

@@ -18,6 +18,8 @@ __all__ = [
     "DEBATE_ROUND_COMPLETED",
     "DEBATE_ROUND_STARTED",
     "DEBATE_STARTED",
+    "MCP_PACKAGE_FAILED",
+    "MCP_PACKAGE_INSTALLED",
     "MCP_SERVER_CONNECTED",
     "MCP_SERVER_DISCONNECTED",
     "MCP_SERVER_HEALTH_CHANGED",
@@ -46,6 +48,10 @@ MCP_SERVER_DISCONNECTED = "mcp.server.disconnected"
 MCP_SERVER_HEALTH_CHANGED = "mcp.server.health.changed"
 MCP_TOOL_EXECUTED = "mcp.tool.executed"
 MCP_TOOL_FAILED = "mcp.tool.failed"
+# helixrt's own: the Preinstaller installed a package, or failed to (payload: name, package,
+# ecosystem, version, duration, log_path, and error).
+MCP_PACKAGE_INSTALLED = "mcp.package.installed"
+MCP_PACKAGE_FAILED = "mcp.package.failed"
 
 DEBATE_STARTED = "debate.started"
 DEBATE_ROUND_STARTED = "debate.round.started"

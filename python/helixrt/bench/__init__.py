@@ -30,6 +30,7 @@ COMPONENTS: dict[str, str] = {
     "breaker": "helixrt.bench.breaker",
     "lazy": "helixrt.bench.lazy",
     "http": "helixrt.bench.http",
+    "mcp": "helixrt.bench.mcp",
 }
 
 
