@@ -466,3 +466,44 @@ def test_cached_works_over_both_tiered_caches(redis_url: str, ns: str) -> None:
         assert cube.invalidate(2) is True  # type: ignore[attr-defined]
     with pytest.raises(InvalidTypeError, match="L1Cache, a TieredCache"):
         cached({})(lambda: 1)  # type: ignore[arg-type]
+
+
+def test_invalidate_pattern_matches_like_redis_in_both_tiers(
+    redis_url: str, ns: str, raw: redis.Redis
+) -> None:
+    async def main() -> None:
+        async with TieredCache() as local:
+            for key in ("a*b", "axb", "a[b", "ab", "Ab", "a.b"):
+                await local.set(key, 1)
+            assert await local.invalidate_pattern(r"a\*b") == 1
+            assert await local.invalidate_pattern("[^A]b") == 1  # ab
+            assert await local.invalidate_pattern("[a-c]b") == 0
+            assert await local.invalidate_pattern("[A-C]b") == 1  # Ab
+            assert sorted(local.l1.keys()) == ["a.b", "a[b", "axb"]
+            assert await local.invalidate_pattern("a[.x]b") == 2
+            assert list(local.l1.keys()) == ["a[b"]
+            with pytest.raises(InvalidArgumentError, match="pattern"):
+                await local.invalidate_pattern("")
+
+        async with (
+            TieredCache(redis_url, namespace=ns) as a,
+            TieredCache(redis_url, namespace=ns) as b,
+        ):
+            await a.set_many({f"user:{i}": i for i in range(1200)}, tags=["users"])
+            await a.set("order:1", "o")
+            assert await b.get("user:7") == 7  # in b's L1
+            a.l1.clear()  # only in Redis now: the SCAN must find them
+            assert await a.invalidate_pattern("user:*") == 1200
+            assert list(raw.scan_iter(match=f"{ns}user:*")) == []
+            assert raw.exists(f"{ns}order:1", f"{ns}__tag__:users") == 2  # internal keys stay
+            deadline = time.monotonic() + 1
+            while b.l1.get("user:7") is not None:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.001)
+            assert await b.get("order:1") == "o"
+
+    run(main())
+    with SyncTieredCache(redis_url, namespace=ns) as sync:
+        sync.set_many({"x1": 1, "x2": 2, "y": 3})
+        assert sync.invalidate_pattern("x?") == 2
+        assert sync.get("y") == 3

@@ -16,10 +16,12 @@ Key layout under `namespace` (default "tiered:", the original's prefix):
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import inspect
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -114,6 +116,45 @@ def _check_tags(tags: Iterable[str]) -> tuple[str, ...]:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Redis's glob (`*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\\x`) as a regex, so that L1 and
+    Redis match the same keys."""
+    if not isinstance(pattern, str) or not pattern:
+        raise InvalidArgumentError(f"pattern must be a non-empty str, got {pattern!r}")
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("^", "]") else i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end]
+                negate = body.startswith("^")
+                body = body[1:] if negate else body
+                escaped = "".join("\\" + ch if ch in "\\]^[" else ch for ch in body)
+                out.append(f"[{'^' if negate else ''}{escaped}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+# Keys under the namespace that are the cache's own, not entries.
+_INTERNAL = (_TAG, _LOCK, _CHANNEL)
+# Keys one pipeline of a pattern invalidation deletes.
+_PATTERN_BATCH = 500
 
 
 class _Core:
@@ -299,6 +340,18 @@ class _Core:
             self._refused()
             encoded = {}
         return encoded, l2_ttl, checked_tags
+
+    def _drop_local_matches(self, matcher: re.Pattern[str]) -> set[str]:
+        """Drops the L1 entries whose keys `matcher` matches; returns their keys."""
+        keys = {k for k in list(self._l1.keys()) if isinstance(k, str) and matcher.fullmatch(k)}
+        for key in keys:
+            self._l1.delete(key)
+        return keys
+
+    def _entry_key(self, name: bytes | str) -> str | None:
+        """The cache key of a Redis key found by SCAN, or None for the cache's own keys."""
+        key = (name.decode() if isinstance(name, bytes) else name)[len(self._ns) :]
+        return None if key.startswith(_INTERNAL) else key
 
     def _l2_usable(self) -> bool:
         return self._redis is not None and self._breaker.state != "open"
@@ -701,6 +754,38 @@ class TieredCache(_Core):
         await self._redis.delete(tag_key)
         self._drop_own_copies(members)
         return dropped
+
+    async def invalidate_pattern(self, pattern: str) -> int:
+        """Drops every key matching the Redis glob `pattern` (`*`, `?`, `[a-z]`), from Redis
+        (SCAN within the namespace, never KEYS) and from every instance's L1; returns how many
+        keys were dropped."""
+        matcher = _glob_regex(pattern)
+        dropped = self._drop_local_matches(matcher)
+        if self._l2_usable():
+            await self._ready()
+            try:
+                dropped |= await self._guarded(self._drop_matching(pattern))
+            except Exception as exc:
+                self._failed("pattern invalidation", exc)
+        else:
+            self._refused()
+        self._invalidated(pattern=pattern, count=len(dropped))
+        return len(dropped)
+
+    async def _drop_matching(self, pattern: str) -> builtins.set[str]:
+        found: builtins.set[str] = builtins.set()  # (the method `set` shadows the builtin here)
+        batch: list[str] = []
+        async for name in self._redis.scan_iter(match=_glob_escape(self._ns) + pattern, count=1000):
+            key = self._entry_key(name)
+            if key is not None and key not in found:
+                found.add(key)
+                batch.append(key)
+                if len(batch) >= _PATTERN_BATCH:
+                    await self._delete(batch)
+                    batch = []
+        if batch:
+            await self._delete(batch)
+        return found
 
     async def clear(self) -> None:
         """Empties this namespace, in Redis (SCAN and UNLINK: never KEYS or FLUSHDB) and in
@@ -1119,6 +1204,37 @@ class SyncTieredCache(_Core):
             self._refused()
         self._invalidated(tag=tag)
         return dropped
+
+    def invalidate_pattern(self, pattern: str) -> int:
+        """As TieredCache.invalidate_pattern."""
+        matcher = _glob_regex(pattern)
+        dropped = self._drop_local_matches(matcher)
+
+        def drop() -> set[str]:
+            found: set[str] = set()
+            batch: list[str] = []
+            match = _glob_escape(self._ns) + pattern
+            for name in self._redis.scan_iter(match=match, count=1000):
+                key = self._entry_key(name)
+                if key is not None and key not in found:
+                    found.add(key)
+                    batch.append(key)
+                    if len(batch) >= _PATTERN_BATCH:
+                        self._delete(batch)
+                        batch = []
+            if batch:
+                self._delete(batch)
+            return found
+
+        if self._l2_usable():
+            try:
+                dropped |= self._guarded(drop)
+            except Exception as exc:
+                self._failed("pattern invalidation", exc)
+        else:
+            self._refused()
+        self._invalidated(pattern=pattern, count=len(dropped))
+        return len(dropped)
 
     def clear(self) -> None:
         self._l1.clear()
