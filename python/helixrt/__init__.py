@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from helixrt.pool import WorkerPool
     from helixrt.providers import ProviderRegistry
     from helixrt.retries import RetryPolicy, retry
+    from helixrt.runtime import Runtime
     from helixrt.tiered import SyncTieredCache, TieredCache
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Lazy",
     "ProviderRegistry",
     "RetryPolicy",
+    "Runtime",
     "Subscription",
     "SyncTieredCache",
     "TieredCache",
@@ -77,6 +79,7 @@ _LAZY: dict[str, str] = {
     "TieredCache": "helixrt.tiered",
     "SyncTieredCache": "helixrt.tiered",
     "retry": "helixrt.retries",
+    "Runtime": "helixrt.runtime",
 }
 
 

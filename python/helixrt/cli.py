@@ -1,6 +1,6 @@
 """The `helixrt` command: `--version`, `doctor` (is this machine ready?), `bench` (the table of
-helixrt against its peers) and `mcp` (MCP server packages and tools). Heavy modules are
-imported inside the sub-command that needs them."""
+helixrt against its peers), `serve` (the ops endpoints) and `mcp` (MCP server packages and
+tools). Heavy modules are imported inside the sub-command that needs them."""
 
 from __future__ import annotations
 
@@ -46,6 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     bench.add_argument("--list", action="store_true", help="list the components and exit")
 
+    serve = commands.add_parser(
+        "serve",
+        help="run a Runtime and its ops endpoints (metrics, health, events, cache invalidation)",
+        description="Runs a helixrt Runtime (from --config, or the defaults) and serves its ops "
+        "endpoints until SIGINT or SIGTERM. Listening beyond loopback needs a bearer token "
+        "(--token or HELIXRT_OPS_TOKEN).",
+    )
+    serve.add_argument("--config", metavar="FILE", help="a helixrt.toml or YAML config file")
+    serve.add_argument("--profile", metavar="P", help="a config profile: dev, prod, ...")
+    serve.add_argument("--host", help="address to listen on (default: the config's, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: the config's, 7061)")
+    serve.add_argument("--token", help="bearer token the endpoints require (or HELIXRT_OPS_TOKEN)")
+
     from helixrt.mcp.cli import add_parser as add_mcp_parser
 
     add_mcp_parser(commands)
@@ -69,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as err:
             print(f"helixrt bench: {err}", file=sys.stderr)
             return 2
+    if args.command == "serve":
+        from helixrt.ops import run_serve
+
+        return run_serve(
+            config=args.config,
+            profile=args.profile,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+        )
     if args.command == "mcp":
         from helixrt.mcp.cli import run as run_mcp
 
