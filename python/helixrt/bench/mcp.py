@@ -235,4 +235,65 @@ def rows(ctx: Context) -> Iterator[Row]:
         )
         memory = _memory_server(work)
         if memory is not None:
-            yield from _rows_for(ctx, memory, work)
+            rows_for_memory = list(_rows_for(ctx, memory, work))
+            yield from rows_for_memory
+            if not ctx.quick:
+                yield from _npx_rows(work, rows_for_memory[0].helixrt)
+
+
+_MEMORY_SPEC = "@modelcontextprotocol/server-memory@2026.8.31"
+
+
+async def _npx_first_result(cache: str, errlog: Any) -> float:
+    """The first tool result from `npx -y` with the npm cache at `cache` (as a desktop client
+    launches the server), through the SDK."""
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    env = {"npm_config_cache": cache, "npm_config_update_notifier": "false"}
+    params = StdioServerParameters(command="npx", args=["-y", _MEMORY_SPEC], env=env)
+    started = time.perf_counter()
+    async with AsyncExitStack() as stack:
+        read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+        session = await stack.enter_async_context(ClientSession(read, write))
+        await session.initialize()
+        await session.call_tool("read_graph", {})
+        return time.perf_counter() - started
+
+
+def _npx_rows(work: str, pool_ns: float | None) -> Iterator[Row]:
+    """`npx -y` with an empty npm cache (it downloads the package: needs the registry), then
+    again with that cache warm (npx still asks the registry), against the pool launching the
+    preinstalled copy. Full runs only: the cold start takes seconds."""
+    import shutil
+
+    if shutil.which("npx") is None or pool_ns is None:
+        return
+    cache = os.path.join(work, "npm-cache")
+    os.makedirs(cache)
+    with open(os.path.join(work, "npx.log"), "a", encoding="utf-8") as errlog:
+        try:
+            cold = asyncio.run(_npx_first_result(cache, errlog))
+            warm = asyncio.run(_npx_first_result(cache, errlog))
+        except Exception as exc:  # no registry: say so in the row
+            yield Row(
+                "mcp",
+                "first tool result, server-memory via npx -y (empty npm cache)",
+                "ns",
+                pool_ns,
+                "npx -y, empty cache",
+                None,
+                note=f"npx failed: {exc!r}"[:120],
+            )
+            return
+    for label, seconds in (("empty npm cache", cold), ("warm npm cache", warm)):
+        yield Row(
+            "mcp",
+            f"first tool result, preinstalled server-memory vs npx -y ({label})",
+            "ns",
+            pool_ns,
+            f"npx -y, {label}",
+            seconds * 1e9,
+            "-",
+            10.0 if label == "empty npm cache" else None,
+        )
