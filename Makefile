@@ -54,6 +54,16 @@ redis: ## make sure redis-server is installed (installs Debian's package when ro
 	  echo "redis-server is missing: install it (Debian: sudo apt-get install redis-server) and rerun"; exit 1; \
 	fi
 
+.PHONY: chromium
+chromium: ## make sure chromium is installed, for the dashboard's browser test (installs Debian's package when root)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium from Debian's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "chromium is missing: install it (Debian: sudo apt-get install chromium) and rerun"; exit 1; \
+	fi
+
 .PHONY: lint
 lint: $(BUILT) rust-tools ## ruff, ruff format, cargo fmt, clippy, mypy --strict and stubtest
 	$(VENV)/bin/ruff check $(PY_DIRS)
@@ -79,7 +89,7 @@ mcp-servers: $(BUILT) ## install the MCP servers the tests use (needs node and n
 	$(PY) -m helixrt mcp install --config tests/mcp_servers.json
 
 .PHONY: test
-test: $(BUILT) redis mcp-servers ## cargo test, the linters and the whole pytest suite
+test: $(BUILT) redis chromium mcp-servers ## cargo test, the linters and the whole pytest suite
 	cargo test --quiet
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest

@@ -16,19 +16,28 @@ requests (DELETE) always need `Authorization: Bearer <token>`; an app reachable 
 (`public=True`, which `serve` sets for any other host) needs it on every request and refuses
 to be made without one. Errors are JSON (`{"error": "..."}`), never a traceback.
 
+`GET /` is the dashboard (helixrt/ops_dashboard.html): a static page, sent with a strict
+Content-Security-Policy, that polls the JSON endpoint and reads the event stream with the token
+given as `/#token=...`. Being static, it is the one page a public app serves without the token.
+
 The app does not start or close the runtime: `serve` does, and an application mounting the app
-owns its runtime. The dashboard page (`GET /`) is not here yet.
+owns its runtime.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import functools
+import hashlib
 import hmac
+import importlib.resources
 import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -124,7 +133,10 @@ def _auth(token: str | None, *, public: bool) -> Callable[..., Awaitable[web.Str
 
     @web.middleware
     async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        needed = public or request.method not in _SAFE_METHODS
+        # The dashboard page holds no data (it asks the other endpoints, with the token): a
+        # browser, which cannot send a header with a page load, must get it to send the token.
+        page = request.match_info.route.name == _DASHBOARD
+        needed = (public and not page) or request.method not in _SAFE_METHODS
         # A request no route takes gets its 404 or 405 whatever its token.
         routed = request.match_info.http_exception is None
         if expected is not None and needed and routed:
@@ -162,7 +174,7 @@ def make_app(runtime: Any, *, token: str | None = None, public: bool = False) ->
     registry.register(RuntimeCollector(runtime))
     app = web.Application(middlewares=[_json_errors, _auth(token, public=public)])
     endpoints = _Endpoints(runtime, registry)
-    app.router.add_get("/", endpoints.index)
+    app.router.add_get("/", endpoints.index, name=_DASHBOARD)
     app.router.add_get("/metrics", endpoints.metrics)
     app.router.add_get("/health", endpoints.health)
     app.router.add_get("/v1/metrics/performance", endpoints.performance)
@@ -200,14 +212,17 @@ class _Endpoints:
                 request.transport.close()
 
     async def index(self, _request: web.Request) -> web.Response:
-        # A placeholder until the dashboard page lands.
-        links = "".join(
-            f'<li><a href="{path}">{path}</a></li>'
-            for path in ("/health", "/metrics", "/v1/metrics/performance", "/v1/mcp/status")
-        )
+        page, policy = _dashboard()
         return web.Response(
-            text=f"<!doctype html><title>helixrt ops</title><h1>helixrt ops</h1><ul>{links}</ul>",
+            body=page,
             content_type="text/html",
+            charset="utf-8",
+            headers={
+                "Content-Security-Policy": policy,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-store",
+            },
         )
 
     async def metrics(self, _request: web.Request) -> web.Response:
@@ -247,6 +262,28 @@ class _Endpoints:
         # The cache announces it on the runtime's bus (cache.invalidated), as for a tag.
         count = await self._runtime.cache.invalidate_pattern(pattern)
         return _json({"pattern": pattern, "invalidated": count})
+
+
+_DASHBOARD = "dashboard"
+
+
+@functools.cache
+def _dashboard() -> tuple[bytes, str]:
+    """The dashboard page, read once, and its Content-Security-Policy: the page's own inline
+    script and style (by hash) and requests to this origin, nothing else."""
+    page = importlib.resources.files("helixrt").joinpath("ops_dashboard.html").read_text("utf-8")
+
+    def hashes(tag: str) -> str:
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.DOTALL)
+        digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in bodies)
+        return " ".join(f"'sha256-{d}'" for d in digests)
+
+    policy = (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
+        "require-trusted-types-for 'script'; trusted-types 'none'"
+    )
+    return page.encode(), policy
 
 
 async def _pattern_of(request: web.Request) -> str:
