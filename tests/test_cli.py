@@ -146,3 +146,93 @@ def test_bench_lists_its_components() -> None:
     assert {"core", "cache", "pool", "async_pool", "events", "breaker", "lazy", "http"} <= set(
         COMPONENTS
     )
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """The width and height of a PNG file, checked: signature, then the IHDR chunk."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[8:16] == b"\x00\x00\x00\x0dIHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_bench_plot_draws_a_png(tmp_path: Path) -> None:
+    chart = tmp_path / "b.png"
+    result = helixrt_cmd("bench", "--only", "core", "--quick", "--plot", str(chart))
+    assert result.returncode == 0, result.stderr
+    assert "call overhead" in result.stdout  # the table is printed as without --plot
+    assert f"wrote {chart} (1 of 1 rows have a peer figure)" in result.stderr
+    width, height = png_size(chart)
+    assert width >= 400
+    assert height >= 200
+    assert chart.stat().st_size > 5000  # drawn, not an empty canvas
+
+
+def test_bench_plot_and_json_together(tmp_path: Path) -> None:
+    chart, report = tmp_path / "b.png", tmp_path / "b.json"
+    args = ("bench", "--only", "core", "--quick", "--json", str(report), "--plot", str(chart))
+    result = helixrt_cmd(*args)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(report.read_text())["rows"][0]["component"] == "core"
+    assert png_size(chart)[0] > 0
+
+
+def test_plot_leaves_out_rows_without_a_peer_figure(tmp_path: Path) -> None:
+    from helixrt.bench.plot import plot_rows
+
+    rows = [
+        Row("cache", "get (hit)", "ns", 50.0, "cachebox", None, note="cachebox not installed"),
+        Row("cache", "set", "ns", 100.0, "cachebox", 150.0, goal=1.0),
+        Row("pool", "tasks/s", "ops/s", 2_000_000.0, "ThreadPoolExecutor", 50_000.0, goal=10),
+        Row("pool", "submit", "ns", 600.0, "ThreadPoolExecutor", 300.0),
+    ]
+    drawn = plot_rows(rows, str(tmp_path / "rows.png"))
+    assert [row.operation for row in drawn] == ["set", "tasks/s", "submit"]
+    _, height = png_size(tmp_path / "rows.png")
+    none = plot_rows(rows[:1], str(tmp_path / "none.png"))
+    assert none == []
+    assert png_size(tmp_path / "none.png")[1] < height  # fewer bars, a shorter chart
+
+
+# Makes `import matplotlib` fail as it would where it is not installed, then runs the command.
+BLOCK_MATPLOTLIB = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class Block(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+from helixrt.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_bench_plot_without_matplotlib_says_how_to_install_it(tmp_path: Path) -> None:
+    chart = tmp_path / "b.png"
+    plot = ("bench", "--only", "core", "--quick", "--plot", str(chart))
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_MATPLOTLIB, *plot],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "helixrt bench: --plot needs matplotlib" in result.stderr
+    assert "pip install 'helixrt[plot]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "[1/1] core" not in result.stderr  # refused before measuring anything
+    assert result.stdout == ""
+    assert not chart.exists()
+    # Without --plot the same interpreter runs the bench: only the plot needs matplotlib.
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_MATPLOTLIB, "bench", "--only", "core", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "call overhead" in result.stdout

@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run only this component's rows (repeatable); see the list with --list",
     )
     bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    bench.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the speedups as a PNG chart (needs matplotlib: pip install "
+        "'helixrt[plot]')",
+    )
     bench.add_argument("--list", action="store_true", help="list the components and exit")
 
     serve = commands.add_parser(
@@ -73,13 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_doctor(sys.stdout)
     if args.command == "bench":
         from helixrt.bench import COMPONENTS, run_bench
+        from helixrt.codec import MissingDependencyError
 
         if args.list:
             print("\n".join(COMPONENTS))
             return 0
         try:
-            return run_bench(quick=args.quick, only=args.only, json_path=args.json, out=sys.stdout)
-        except ValueError as err:
+            return run_bench(
+                quick=args.quick,
+                only=args.only,
+                json_path=args.json,
+                plot_path=args.plot,
+                out=sys.stdout,
+            )
+        except (ValueError, MissingDependencyError) as err:
             print(f"helixrt bench: {err}", file=sys.stderr)
             return 2
     if args.command == "serve":

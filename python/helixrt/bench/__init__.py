@@ -39,9 +39,12 @@ def run_bench(
     quick: bool = False,
     only: Sequence[str] | None = None,
     json_path: str | None = None,
+    plot_path: str | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Run the selected components' benchmarks and print the table; returns an exit status."""
+    """Run the selected components' benchmarks and print the table; returns an exit status.
+    `json_path` also writes the rows as JSON; `plot_path` draws them as a PNG chart (needs
+    matplotlib, checked before anything is measured: `MissingDependencyError` otherwise)."""
     selected = list(only or COMPONENTS)
     unknown = [name for name in selected if name not in COMPONENTS]
     if unknown:
@@ -49,6 +52,10 @@ def run_bench(
             f"unknown component {', '.join(map(repr, unknown))}; "
             f"choose from {', '.join(COMPONENTS)}"
         )
+    if plot_path:
+        from helixrt.bench.plot import require_matplotlib
+
+        require_matplotlib()
     ctx = Context(quick=quick, redis_url=os.environ.get("REDIS_URL"))
     rows: list[Row] = []
     for index, name in enumerate(selected, 1):
@@ -63,4 +70,9 @@ def run_bench(
     if json_path:
         write_json(json_path, rows, quick=quick)
         progress(f"wrote {json_path}")
+    if plot_path:
+        from helixrt.bench.plot import plot_rows
+
+        drawn = plot_rows(rows, plot_path)
+        progress(f"wrote {plot_path} ({len(drawn)} of {len(rows)} rows have a peer figure)")
     return 0
