@@ -110,7 +110,7 @@ def _draw(axes: Axes, groups: list[tuple[str, list[Row]]], lines: int) -> None:
             axes.text(
                 max(speedup, 1.0) * 1.04,
                 y,
-                f"{speedup:.2f}x" + (f"  (goal {row.goal:g}x)" if row.goal is not None else ""),
+                f"{speedup:.2f}x" + (f"  (goal {row.goal:.3g}x)" if row.goal is not None else ""),
                 va="center",
                 fontsize=8,
             )

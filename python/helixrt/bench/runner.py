@@ -173,7 +173,7 @@ def _cells(row: Row) -> list[str]:
         _figure(row.peer, row.unit) if row.peer is not None else (row.note or "-"),
         f"{speedup:.2f}x{met}" if speedup is not None else "-",
         row.claim or "-",
-        f">= {row.goal:g}x" if row.goal is not None else "-",
+        f">= {row.goal:.3g}x" if row.goal is not None else "-",
     ]
 
 
