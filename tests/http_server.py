@@ -66,6 +66,11 @@ async def status(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": code}, status=code)
 
 
+async def refused(request: web.Request) -> web.StreamResponse:
+    """A 400 whose body is long: the reason first, then 64 KiB of detail."""
+    return web.Response(status=400, text="model not found " + "x" * 65536)
+
+
 async def flaky(request: web.Request) -> web.StreamResponse:
     if counts[request.path] <= int(request.match_info["n"]):
         retry_after = request.query.get("retry_after", "0")
@@ -138,6 +143,7 @@ def app() -> web.Application:
     application.router.add_route("*", "/status/{code:\\d+}", status)
     application.router.add_route("*", "/status/{code:\\d+}/{key}", status)
     application.router.add_route("*", "/flaky/{n:\\d+}/{key}", flaky)
+    application.router.add_route("*", "/refused", refused)
     application.router.add_get("/slow-headers", slow_headers)
     application.router.add_get("/slow-headers/{key}", slow_headers)
     application.router.add_get("/stream", stream)

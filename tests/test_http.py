@@ -190,6 +190,13 @@ def test_status_not_in_retry_statuses_is_not_retried(base: str) -> None:
             with pytest.raises(aiohttp.ClientResponseError) as info:
                 await pool.get_json(f"{base}/status/500/r3")
             assert info.value.status == 500
+            # The message quotes the start of the body, where an API says why, and no more.
+            assert info.value.message == 'Internal Server Error: {"status": 500}'
+            with pytest.raises(aiohttp.ClientResponseError) as info:
+                await pool.post_json(f"{base}/refused", json={"model": "nope"})
+            assert info.value.message.startswith("Bad Request: model not found xxx")
+            assert len(info.value.message) == len("Bad Request: ") + 512
+            assert pool.stats().in_flight == 0
 
     run(main)
     assert count(base, "/status/500/r3") == 1

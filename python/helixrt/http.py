@@ -37,6 +37,7 @@ logger = logging.getLogger("helixrt.http")
 
 _LATENCY_SAMPLES = 1024  # the p99 is computed over the last this many requests of an origin
 _PARSED_URLS = 1024  # URLs whose parse is kept (see HTTPPool._parsed)
+_ERROR_BODY_BYTES = 512  # how much of a refused answer's body its ClientResponseError quotes
 _CONNECTION_PROBE = ConnectionError()  # asks the policy whether connection errors are retried
 
 
@@ -391,7 +392,7 @@ class HTTPPool:
         error: BaseException | None = None
         try:
             if not 200 <= response.status < 300:
-                raise _status_error(response)
+                raise await _status_error(response)
             return await response.json()
         except BaseException as exc:
             error = exc
@@ -688,11 +689,19 @@ class _RequestContext:
         await self._pool._release(response, self._origin, error)
 
 
-def _status_error(response: aiohttp.ClientResponse) -> aiohttp.ClientResponseError:
+async def _status_error(response: aiohttp.ClientResponse) -> aiohttp.ClientResponseError:
+    """The error for an answer that is not 2xx, its message ending with the start of the body:
+    an API says there why it refused (`{"error": {"message": "model not found"}}`)."""
+    try:
+        body = await response.content.read(_ERROR_BODY_BYTES)
+    except (aiohttp.ClientError, TimeoutError):
+        body = b""
+    said = " ".join(body.decode("utf-8", "replace").split())
+    reason = response.reason or ""
     return aiohttp.ClientResponseError(
         response.request_info,
         response.history,
         status=response.status,
-        message=response.reason or "",
+        message=f"{reason}: {said}" if said else reason,
         headers=response.headers,
     )
