@@ -80,7 +80,7 @@ class TieredStats:
     invalidations_sent: int
     invalidations_received: int
     batched_gets: int
-    """Gets that shared a round trip (an MGET) with others issued in the same loop turn."""
+    """Gets sent in an MGET with the others issued after the first get of their loop turn."""
     breaker_state: str
 
 
@@ -487,9 +487,9 @@ class TieredCache(_Core):
         (__doc__ or "")
         + _SETTINGS_DOC
         + """
-    Gets for different keys issued in the same event-loop turn share one MGET. The cache is
-    bound to the event loop it is first used on (its Redis connections are). Close it with
-    `await aclose()` or `async with`.
+    The first get of an event-loop turn to miss L1 is sent at once; the gets issued after it
+    in the same turn share one MGET. The cache is bound to the event loop it is first used on
+    (its Redis connections are). Close it with `await aclose()` or `async with`.
     """
     )
 
@@ -610,25 +610,26 @@ class TieredCache(_Core):
         return default if value is _MISS else value
 
     async def _fetch(self, key: str) -> bytes | None:
-        """GET `key`; gets issued in the same loop turn join the first one's round trip."""
+        """GET `key`. The first get of a loop turn goes out at once, so a lone get waits for
+        nothing; the gets issued after it in the same turn share one MGET, sent when the loop
+        comes round (waiting a turn before every lone GET cost a tenth of its CPU)."""
         batch = self._batch
         if batch is not None:
             self._batched += 1
             joined: bytes | None = await batch.join(key)
             return joined
-        batch = self._batch = _Batch(key)
-        try:
-            await asyncio.sleep(0)  # one turn, for the other gets of this turn to join
-        finally:
-            self._batch = None
-        if not batch.joiners:
-            alone: bytes | None = await self._guarded(self._get_one(key))
-            return alone
-        self._batched += 1
+        self._batch = _Batch()
+        asyncio.get_running_loop().call_soon(self._flush)
+        alone: bytes | None = await self._guarded(self._get_one(key))
+        return alone
+
+    def _flush(self) -> None:
+        """Sends the MGET of the gets that joined this turn's batch, if any did."""
+        batch, self._batch = self._batch, None
+        if batch is None or not batch.keys:
+            return
         task = asyncio.ensure_future(self._guarded(self._mget(batch.keys)))
         task.add_done_callback(batch.resolve)
-        values: list[bytes | None] = await asyncio.shield(task)
-        return values[0]
 
     async def _get_one(self, key: str) -> bytes | None:
         raw: bytes | None = await self._redis.get(self._rkey(key))
@@ -851,6 +852,10 @@ class TieredCache(_Core):
                 if not running.cancelled():
                     raise  # this caller was cancelled
                 # the loading caller was cancelled: try again (maybe as the loader)
+        # A load that ended while this caller's read of Redis was out left its value in L1.
+        value = self._l1_lookup(key, _MISS)
+        if value is not _MISS:
+            return value
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
@@ -932,12 +937,12 @@ return 0
 
 
 class _Batch:
-    """The keys of the gets issued in one loop turn, and the futures of those that joined."""
+    """The keys of the gets that joined a loop turn's batch, and their futures."""
 
     __slots__ = ("joiners", "keys")
 
-    def __init__(self, first: str) -> None:
-        self.keys = [first]
+    def __init__(self) -> None:
+        self.keys: list[str] = []
         self.joiners: list[tuple[int, asyncio.Future[bytes | None]]] = []
 
     def join(self, key: str) -> asyncio.Future[bytes | None]:
