@@ -70,7 +70,7 @@ def plot_rows(rows: Sequence[Row], path: str, *, title: str | None = None) -> li
             fontsize=8,
             color="#555555",
         )
-    figure.tight_layout(rect=(0.0, 0.03, 1.0, 1.0))
+    figure.tight_layout(rect=(0.0, 0.03, 1.0, 0.985))  # the title above the axes
     figure.savefig(path, format="png")
     return drawn
 
@@ -91,16 +91,19 @@ def _draw(axes: Axes, groups: list[tuple[str, list[Row]]], lines: int) -> None:
     goals = [row.goal for _, members in groups for row in members if row.goal]
     low, high = min(*ratios, *goals, 1.0), max(*ratios, *goals, 1.0)
     # Room on the right for the labels, and a little on the left of the smallest bar.
+    left, right = low / 1.6, high * 12.0
     axes.set_xscale("log")
-    axes.set_xlim(low / 1.6, high * 4.0)
-    axes.set_xticks([tick for tick in _TICKS if low / 1.6 <= tick <= high * 4.0])
-    ticks: list[int] = []
+    axes.set_xlim(left, right)
+    # Across four decades or more, 1-2-5 ticks would run into each other.
+    ticks = _TICKS if right / left < 1e4 else [t for t in _TICKS if math.log10(t).is_integer()]
+    axes.set_xticks([tick for tick in ticks if left <= tick <= right])
+    positions: list[int] = []
     labels: list[str] = []
     headers: set[int] = set()  # positions of the component names
     y = lines - 1  # top to bottom
     for component, members in groups:
-        headers.add(len(ticks))
-        ticks.append(y)
+        headers.add(len(positions))
+        positions.append(y)
         labels.append(component)
         y -= 1
         for row in members:
@@ -122,10 +125,10 @@ def _draw(axes: Axes, groups: list[tuple[str, list[Row]]], lines: int) -> None:
                     linewidth=1.5,
                     zorder=3,
                 )
-            ticks.append(y)
+            positions.append(y)
             labels.append(f"{_short(row.operation)}  vs {row.peer_name}")
             y -= 1
-    axes.set_yticks(ticks, labels, fontsize=8)
+    axes.set_yticks(positions, labels, fontsize=8)
     for index, tick in enumerate(axes.get_yticklabels()):
         if index in headers:
             tick.set_fontweight("bold")
