@@ -1,5 +1,5 @@
 //! The L1 cache's data structure: a bounded map with per-entry TTL, time-to-idle, tags, weights
-//! and S3-FIFO eviction.
+//! and S3-FIFO eviction with a frequency-sketch admission check.
 //!
 //! It knows nothing of Python. Keys and values are generic; the caller hashes keys itself and
 //! says per call what "the same key" means (a closure that may answer "cannot tell here", see
@@ -9,13 +9,23 @@
 //! S3-FIFO (Yang et al., SOSP 2023): new entries go to a small FIFO queue; an entry hit again
 //! while there moves to the main queue when it reaches the front, the others leave and their
 //! hashes are remembered in a ghost queue; a key that comes back while its ghost is remembered
-//! goes straight to main. Main is a CLOCK-like FIFO that gives each hit entry another lap. One-hit
+//! goes to main. Main is a CLOCK-like FIFO that gives each hit entry another lap. One-hit
 //! wonders and scans pass through the small queue without displacing the hot set, and a hit only
 //! bumps a counter in the entry: no list is reordered on the read path.
 //!
+//! The ghost alone lets any key asked for twice within its window into main, and on a long-tailed
+//! workload those keys push out better ones. So a key back from the ghost must also have been
+//! inserted more often, lately, than main's next victim, by a count-min sketch of insertions
+//! (TinyLFU's admission test, after Einziger et al. and Caffeine); otherwise it starts over in
+//! the small queue. The sketch counts misses only (each one inserts), so reads never touch it,
+//! and its counts are halved now and then so that they follow the workload. When the popular keys
+//! change at once, halving is too slow: yesterday's favourites would keep out today's. A sharp
+//! fall of the hit ratio is taken as that sign, and the sketch forgets everything.
+//!
 //! Memory: entries live in one slab (`slots`) found through a table of 4-byte slot indices; the
 //! two queues are linked through 4-byte slot indices inside the entries, and tags live in side
-//! tables, so an untagged entry costs 56 bytes in the slab plus 5 to 10 bytes of table.
+//! tables, so an untagged entry costs 56 bytes in the slab plus 5 to 10 bytes of table. Once the
+//! cache is full, the sketch adds 4 to 8 bytes per entry (and the ghost up to 9 hashes per 10).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -90,6 +100,8 @@ enum Cause {
 }
 
 /// A hit counter saturates here: a hot entry survives this many laps of the main queue unread.
+/// 2 lets stale entries go sooner when the hot set moves; 4 and up keep more of a Zipf head. 3 is
+/// the best compromise on the traces `helixrt bench` replays.
 const MAX_FREQ: u8 = 3;
 /// Hits needed while in the small queue to move to main. The paper promotes on two; one gave
 /// higher hit ratios on every trace `helixrt bench` replays (Zipf 0.8/1.0, scans, shifts).
@@ -208,6 +220,149 @@ impl Ghost {
     }
 }
 
+/// Insertions counted between two halvings of the sketch, per entry it is sized for. The sketch
+/// counts misses only, so this is a long memory (20 misses per entry is about a million requests
+/// for a 10%-of-keys cache at a 80% hit ratio): halving more often lets one-off keys tie with
+/// hot ones and cost hit ratio on every Zipf trace; a shift of the hot set is caught by the
+/// hit-ratio watch instead.
+const SKETCH_SAMPLE: u64 = 20;
+
+/// A count-min sketch of 4-bit counters (TinyLFU's): four counters per key, all in one 64-byte
+/// block so that a count costs one cache line, and halved every `sample` additions. Half a u64
+/// (8 counters) per entry of the cache: 16 gained at most 0.3 points of hit ratio on the traces
+/// `helixrt bench` replays, 4 lost up to 1 point.
+struct Sketch {
+    /// The entries it was sized for: 0 until the cache first fills (a cache that never fills needs
+    /// no admission test, and `max_size` may be far above what fits when entries are weighed).
+    entries: usize,
+    /// 64-byte blocks of 16 counters per u64; a key's counters are all in one block.
+    table: Box<[[u64; 8]]>,
+    /// Blocks in the table, minus one (a power of two minus one).
+    block_mask: usize,
+    additions: u64,
+    sample: u64,
+}
+
+impl Sketch {
+    fn new(entries: usize) -> Self {
+        let blocks = (entries.next_power_of_two() / 16).max(1);
+        Sketch {
+            entries,
+            table: vec![[0; 8]; blocks].into_boxed_slice(),
+            block_mask: blocks - 1,
+            additions: 0,
+            sample: (entries as u64).saturating_mul(SKETCH_SAMPLE).max(16),
+        }
+    }
+
+    /// The key's block, and where its four counters are in it: (word, bit shift), one word of
+    /// a pair per row.
+    #[inline]
+    fn counters(&self, hash: u64) -> (usize, [(usize, u32); 4]) {
+        let mixed = hash.wrapping_mul(0x94D0_49BB_1331_11EB);
+        let block = (mixed >> 40) as usize & self.block_mask;
+        let bits = (mixed ^ (mixed >> 29)) as u32;
+        let counters = std::array::from_fn(|row| {
+            let byte = bits >> (row * 8);
+            ((row * 2 + (byte & 1) as usize) & 7, ((byte >> 1) & 15) * 4)
+        });
+        (block, counters)
+    }
+
+    /// The key's estimated count: at least its true count since the counts were last halved.
+    #[inline]
+    fn frequency(&self, hash: u64) -> u8 {
+        let (block, counters) = self.counters(hash);
+        let block = &self.table[block];
+        counters
+            .iter()
+            .map(|&(word, shift)| ((block[word] >> shift) & 15) as u8)
+            .min()
+            .unwrap_or(0)
+    }
+
+    #[inline]
+    fn increment(&mut self, hash: u64) {
+        let (block, counters) = self.counters(hash);
+        let block = &mut self.table[block];
+        let mut added = false;
+        for (word, shift) in counters {
+            let below_max = (block[word] >> shift) & 15 != 15;
+            block[word] += u64::from(below_max) << shift;
+            added |= below_max;
+        }
+        if added {
+            self.additions += 1;
+            if self.additions >= self.sample {
+                self.halve();
+            }
+        }
+    }
+
+    fn halve(&mut self) {
+        for word in self.table.iter_mut().flatten() {
+            *word = (*word >> 1) & 0x7777_7777_7777_7777;
+        }
+        self.additions /= 2;
+    }
+
+    fn clear(&mut self) {
+        self.table.fill([0; 8]);
+        self.additions = 0;
+    }
+}
+
+/// Requests (hits and misses) per hit-ratio reading, per entry the cache holds: long enough for a
+/// steady workload to read the same ratio each time, short enough to see a shift soon.
+const WATCH_PERIOD: u64 = 2;
+/// A fall of the hit ratio this far below its running average means the popular keys changed.
+/// The steady Zipf traces `helixrt bench` replays never trip it; their one-pass scans do, at a
+/// cost of 0.2 points of hit ratio at most.
+const WATCH_DROP: f64 = 0.05;
+
+/// Reads the hit ratio once a period and says when it falls sharply.
+struct Watch {
+    /// Requests and hits at the start of the current period.
+    requests: u64,
+    hits: u64,
+    /// Running average of the periods' hit ratios; `None` before the first period ends.
+    average: Option<f64>,
+}
+
+impl Watch {
+    const NEW: Watch = Watch {
+        requests: 0,
+        hits: 0,
+        average: None,
+    };
+
+    /// Whether the period that just ended (if one did) fell sharply below the average.
+    fn fell(&mut self, stats: &Stats, period: u64) -> bool {
+        let requests = stats.hits + stats.misses;
+        let elapsed = requests.saturating_sub(self.requests);
+        if elapsed < period.max(1) {
+            return false;
+        }
+        let ratio = stats.hits.saturating_sub(self.hits) as f64 / elapsed as f64;
+        self.requests = requests;
+        self.hits = stats.hits;
+        match self.average {
+            Some(average) if ratio < average - WATCH_DROP => {
+                self.average = Some(ratio);
+                true
+            }
+            Some(average) => {
+                self.average = Some(0.75 * average + 0.25 * ratio);
+                false
+            }
+            None => {
+                self.average = Some(ratio);
+                false
+            }
+        }
+    }
+}
+
 pub struct Cache<K, V> {
     config: Config,
     /// Size of the small queue the policy aims for, in units (entries, or weight when weighed).
@@ -218,6 +373,9 @@ pub struct Cache<K, V> {
     small: Queue,
     main: Queue,
     ghost: Ghost,
+    /// How often each key was inserted lately: the admission test of keys back from the ghost.
+    sketch: Sketch,
+    watch: Watch,
     /// Tag -> slots of the entries that carry it.
     tags: HashMap<Box<str>, HashSet<u32>>,
     /// Slot -> its entry's tags (only for tagged entries).
@@ -245,6 +403,8 @@ impl<K, V> Cache<K, V> {
             small: Queue::EMPTY,
             main: Queue::EMPTY,
             ghost: Ghost::new(config.max_size - (config.max_size / 10)),
+            sketch: Sketch::new(0),
+            watch: Watch::NEW,
             tags: HashMap::new(),
             entry_tags: HashMap::new(),
             len: 0,
@@ -454,7 +614,21 @@ impl<K, V> Cache<K, V> {
                 Inserted::Updated
             }
             None => {
-                let in_main = self.ghost.contains(hash);
+                let full = self.len >= self.config.max_size
+                    || self
+                        .config
+                        .max_weight
+                        .is_some_and(|max| self.weight + u64::from(weight) > max);
+                if full && self.len / 2 > self.sketch.entries {
+                    // The first fill, or entries got much lighter: size the sketch to what fits.
+                    self.sketch = Sketch::new(self.len);
+                }
+                self.sketch.increment(hash);
+                let period = self.len.max(self.sketch.entries) as u64 * WATCH_PERIOD;
+                if self.watch.fell(&self.stats, period) {
+                    self.sketch.clear();
+                }
+                let in_main = self.ghost.contains(hash) && self.admits(hash, full);
                 let entry = Entry {
                     key,
                     value,
@@ -543,6 +717,8 @@ impl<K, V> Cache<K, V> {
         self.small = Queue::EMPTY;
         self.main = Queue::EMPTY;
         self.ghost.clear();
+        self.sketch = Sketch::new(0);
+        self.watch = Watch::NEW;
         self.tags.clear();
         self.entry_tags.clear();
         self.len = 0;
@@ -727,17 +903,35 @@ impl<K, V> Cache<K, V> {
                     return true;
                 }
             } else {
-                let index = self.main.front;
-                let entry = self.entry_mut(index);
-                if entry.freq > 0 {
-                    entry.freq -= 1;
-                    self.unlink(index);
-                    self.push_back(index);
-                } else {
-                    self.remove_at(index, Cause::Evicted, graveyard);
-                    return true;
-                }
+                let index = self.main_victim();
+                self.remove_at(index, Cause::Evicted, graveyard);
+                return true;
             }
+        }
+    }
+
+    /// Whether a key back from the ghost goes to main: yes while main has room, then only if it
+    /// was inserted more often lately than the entry main would evict next.
+    fn admits(&mut self, hash: u64, full: bool) -> bool {
+        if !full || self.main.is_empty() {
+            return true;
+        }
+        let victim = self.main_victim();
+        self.sketch.frequency(hash) > self.sketch.frequency(self.entry(victim).hash)
+    }
+
+    /// Turns main's clock until its front was not read since its last lap; returns that front,
+    /// the entry an eviction from main would take. Main must not be empty.
+    fn main_victim(&mut self) -> u32 {
+        loop {
+            let index = self.main.front;
+            let entry = self.entry_mut(index);
+            if entry.freq == 0 {
+                return index;
+            }
+            entry.freq -= 1;
+            self.unlink(index);
+            self.push_back(index);
         }
     }
 

@@ -217,6 +217,7 @@ fn check_invariants<K, V>(cache: &Cache<K, V>) {
         assert!(cache.weight <= max, "weight bound");
     }
     assert!(cache.ghost.order.len() <= cache.ghost.capacity);
+    assert!(cache.sketch.additions < cache.sketch.sample.max(1));
 }
 
 /// Fixed-seed xorshift64*, for reproducible workloads without a crate.
@@ -1063,6 +1064,156 @@ fn a_read_entry_in_main_gets_another_lap() {
     assert_eq!(t.graveyard_keys(), vec![0, 4, 1, 5, 3]);
     assert!(t.contains(2));
     check_invariants(&t.cache);
+}
+
+#[test]
+fn a_ghost_key_goes_to_main_only_if_inserted_more_often_than_mains_victim() {
+    // max_size 4: the small queue aims for 1 entry.
+    let mut t = Harness::new(config(4));
+    for key in 0..4u64 {
+        t.insert(key, key);
+        assert_eq!(t.get(key), Some(key));
+    }
+    // 0..4 move to main and 0 leaves it; 4 leaves small unread and is remembered.
+    t.insert(4, 4);
+    t.insert(5, 5);
+    assert_eq!(t.graveyard_keys(), vec![0, 4]);
+    let in_main = |t: &Harness<u64>, key: u64| {
+        let index = t.cache.find(hash(key), eq(key)).unwrap().unwrap();
+        t.cache.entry(index).in_main
+    };
+    // Main's next victim, 1, looks inserted 4 times; 4 has been twice: it starts over in small,
+    // and 5 leaves small unread.
+    for _ in 0..3 {
+        t.cache.sketch.increment(hash(1));
+    }
+    t.insert(4, 4);
+    assert!(!in_main(&t, 4));
+    assert_eq!(t.graveyard_keys(), vec![0, 4, 5]);
+    // 5 back with 5 insertions against 4: it goes to main, and 1 leaves.
+    for _ in 0..3 {
+        t.cache.sketch.increment(hash(5));
+    }
+    t.insert(5, 5);
+    assert!(in_main(&t, 5));
+    assert_eq!(t.graveyard_keys(), vec![0, 4, 5, 1]);
+    check_invariants(&t.cache);
+}
+
+#[test]
+fn sketch_counts_never_under_and_halve() {
+    let mut sketch = Sketch::new(1_000);
+    assert_eq!(sketch.table.len(), 64);
+    assert_eq!(sketch.sample, 20_000);
+    // 1 000 keys inserted 1 to 5 times: estimates are at least the truth and mostly exact.
+    for key in 0..1_000u64 {
+        for _ in 0..=key % 5 {
+            sketch.increment(hash(key));
+        }
+    }
+    let mut exact = 0;
+    for key in 0..1_000u64 {
+        let truth = (key % 5 + 1) as u8;
+        let estimate = sketch.frequency(hash(key));
+        assert!(estimate >= truth, "key {key}: {estimate} < {truth}");
+        exact += usize::from(estimate == truth);
+    }
+    assert!(exact > 900, "{exact} of 1000 exact");
+    assert_eq!(sketch.frequency(hash(5_000)), 0);
+    // Counters saturate at 15; halving halves them, and the count of additions with them.
+    for _ in 0..40 {
+        sketch.increment(hash(7));
+    }
+    assert_eq!(sketch.frequency(hash(7)), 15);
+    let additions = sketch.additions;
+    sketch.halve();
+    assert_eq!(sketch.frequency(hash(7)), 7);
+    assert_eq!(sketch.additions, additions / 2);
+    sketch.clear();
+    assert_eq!(sketch.frequency(hash(7)), 0);
+}
+
+#[test]
+fn the_sketch_halves_after_its_sample() {
+    let mut sketch = Sketch::new(8);
+    assert_eq!(sketch.sample, 160);
+    for _ in 0..10 {
+        sketch.increment(hash(1));
+    }
+    // Distinct keys fill the sample: at the 160th addition every counter is halved.
+    let mut key = 100;
+    while sketch.additions < 159 {
+        sketch.increment(hash(key));
+        key += 1;
+    }
+    assert_eq!(sketch.frequency(hash(1)), 10);
+    sketch.increment(hash(key));
+    assert_eq!(sketch.frequency(hash(1)), 5);
+    assert!(sketch.additions < sketch.sample);
+}
+
+#[test]
+fn the_sketch_is_sized_when_the_cache_first_fills() {
+    let mut t = Harness::new(config(1_000_000));
+    for key in 0..1_000u64 {
+        t.insert(key, key);
+    }
+    assert_eq!(t.cache.sketch.entries, 0);
+    assert_eq!(t.cache.sketch.table.len(), 1);
+    // Weighed: 100 entries fill it, whatever max_size says.
+    let mut t = Harness::new(weighed(1_000_000, 1_000));
+    for key in 0..=100u64 {
+        t.insert_with(key, key, with_weight(10));
+    }
+    assert_eq!(t.cache.sketch.entries, 100);
+    assert_eq!(t.cache.sketch.table.len(), 8);
+    // Entries ten times lighter: the sketch grows with them.
+    for key in 1_000..=2_000u64 {
+        t.insert_with(key, key, with_weight(1));
+    }
+    assert!(
+        t.cache.sketch.entries * 2 >= t.len(),
+        "{}",
+        t.cache.sketch.entries
+    );
+    check_invariants(&t.cache);
+}
+
+#[test]
+fn a_sharp_fall_of_the_hit_ratio_clears_the_sketch() {
+    // max_size 100: once full, the hit ratio is read every 200 requests, at the next insert.
+    let request = |t: &mut Harness<u64>, key: u64| {
+        if t.get(key).is_none() {
+            t.insert(key, key);
+        }
+    };
+    let steady = |shift: bool| {
+        let mut t = Harness::new(config(100));
+        for key in 0..=100u64 {
+            t.insert(key, key);
+        }
+        assert_eq!(t.cache.sketch.entries, 100);
+        // A key inserted 3 times is remembered...
+        for _ in 0..3 {
+            t.insert(9_999, 0);
+            t.remove(9_999);
+        }
+        // ...while 50 hot keys are read in turn, nearly always hits...
+        for i in 0..5_000u64 {
+            request(&mut t, i % 50);
+        }
+        assert_eq!(t.cache.sketch.frequency(hash(9_999)), 3);
+        // ...until the hot set moves: requests for other keys, all missing.
+        if shift {
+            for i in 0..400u64 {
+                request(&mut t, 1_000 + i);
+            }
+        }
+        check_invariants(&t.cache);
+        t.cache.sketch.frequency(hash(9_999))
+    };
+    assert_eq!(steady(false), 3);
+    assert_eq!(steady(true), 0);
 }
 
 #[test]
