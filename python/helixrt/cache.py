@@ -76,10 +76,10 @@ class L1Cache(_core.L1Cache, MutableMapping[Any, Any]):
     Keys are any hashable objects, values any objects, kept by reference (no copy). Eviction is
     S3-FIFO: new entries must be read again before they can displace established ones, so one-
     pass scans do not flush the hot set; a key back after eviction must also have missed more
-    often lately than the entry it would displace (a TinyLFU sketch). A set followed by a get on the same thread sees the
-    value unless a bound evicted it. `len()`, iteration, `keys()`, `values()` and `items()` never
-    include expired entries; they iterate over a snapshot taken when iteration starts, and do
-    not count as reads.
+    often lately than the entry it would displace (a TinyLFU sketch). A set followed by a get
+    on the same thread sees the value unless a bound evicted it. `len()`, iteration, `keys()`,
+    `values()` and `items()` never include expired entries; they iterate over a snapshot taken
+    when iteration starts, and do not count as reads.
     """
 
     __slots__ = ()
