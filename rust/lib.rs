@@ -27,9 +27,12 @@ mod _core {
     use crate::bindings::cache::L1Cache;
     #[pymodule_export]
     use crate::bindings::pool::{FutureLock, WorkerPool};
+    #[pymodule_export]
+    use crate::bindings::tiered::{Ready, TieredCache};
 
     #[pymodule_init]
     fn init(module: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::bindings::tiered::install_send(module.py());
         module.add("__version__", env!("CARGO_PKG_VERSION"))
     }
 

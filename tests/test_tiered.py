@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import inspect
 import threading
 import time
 import uuid
@@ -66,6 +68,45 @@ def test_l1_only_without_redis() -> None:
             assert stats.l1_hits == 3
 
     run(main())
+
+
+def test_an_l1_hit_is_a_finished_awaitable_that_passes_for_a_coroutine() -> None:
+    """The L1 hit path returns no coroutine (it would cost more than the lookup), so what it
+    returns must go everywhere a coroutine goes."""
+
+    async def main() -> TieredCache:
+        cache = TieredCache()
+        await cache.set("k", {"x": 1})
+        hit = cache.get("k")
+        assert not inspect.iscoroutine(hit)  # the fast path was taken
+        assert isinstance(hit, collections.abc.Coroutine)
+        assert await hit == {"x": 1}
+        assert await hit == {"x": 1}  # like a done future: awaiting again gives the value
+        assert await asyncio.create_task(cache.get("k")) == {"x": 1}
+        assert await asyncio.gather(cache.get("k"), cache.get("nope", 7)) == [{"x": 1}, 7]
+        assert await asyncio.wait_for(cache.get("k"), 1) == {"x": 1}
+        with pytest.raises(StopIteration) as stop:
+            cache.get("k").send(None)
+        assert stop.value.value == {"x": 1}
+        with pytest.raises(KeyError, match="thrown"):
+            cache.get("k").throw(KeyError("thrown"))
+        cache.get("k").close()
+        # a miss is a coroutine; a key of the wrong type is refused when awaited, as before
+        miss = cache.get("nope")
+        assert inspect.iscoroutine(miss)
+        assert await miss is None
+        with pytest.raises(InvalidTypeError, match="keys must be str, got list"):
+            await cache.get(["unhashable"])  # type: ignore[arg-type]
+        with pytest.raises(InvalidTypeError, match="keys must be str, got int"):
+            await cache.get(5)  # type: ignore[arg-type]
+        stats = cache.stats()
+        assert (stats.l1_hits, stats.l1_misses) == (7, 2)
+        await cache.aclose()
+        return cache
+
+    cache = run(main())
+    assert isinstance(cache, TieredCache)
+    assert asyncio.run(cache.get("k")) == {"x": 1}  # asyncio.run takes it too
 
 
 def test_set_writes_both_tiers_and_get_promotes_with_the_remaining_ttl(

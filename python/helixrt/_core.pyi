@@ -1,6 +1,6 @@
 """Type stubs for `helixrt._core`, the Rust core. Checked against the built module by stubtest."""
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextvars import ContextVar
 from typing import Any, Final, Self, final
@@ -15,7 +15,9 @@ __all__ = [
     "EventBus",
     "FutureLock",
     "L1Cache",
+    "Ready",
     "Subscription",
+    "TieredCache",
     "WorkerPool",
     "__version__",
     "_node_id",
@@ -192,6 +194,30 @@ class L1Cache:
     def _stats(self) -> tuple[int, int, int, int, int, int, int, int, int]: ...
     def _purge_expired(self) -> int: ...
     def _advance(self, seconds: float) -> None: ...
+
+@final
+class Ready:
+    """An awaitable already finished with its value: what TieredCache.get returns for an L1
+    hit. It passes for a coroutine."""
+
+    def __await__(self) -> Generator[Any, None, Any]: ...
+    def __iter__(self) -> Ready: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any) -> Any: ...
+    def throw(self, typ: Any, value: Any = None, traceback: Any = None) -> Any: ...
+    def close(self) -> None: ...
+
+@disjoint_base
+class TieredCache:
+    """The L1 hit path of `helixrt.TieredCache.get`; use `helixrt.TieredCache`."""
+
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> Self: ...
+    def _bind(self, l1: L1Cache, hit_events: bool) -> None: ...
+    def get(self, key: str, default: Any = None) -> Awaitable[Any]: ...
+    @property
+    def _l1_hits(self) -> int: ...
+    @_l1_hits.setter
+    def _l1_hits(self, hits: int) -> None: ...
 
 @final
 class FutureLock:

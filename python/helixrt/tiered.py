@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections.abc
 import contextlib
 import inspect
 import json
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
-from helixrt import topics
+from helixrt import _core, topics
 from helixrt.breaker import CircuitBreaker
 from helixrt.cache import L1Cache
 from helixrt.codec import Codec, DecodeError
@@ -150,6 +151,10 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         i += 1
     return re.compile("".join(out), re.DOTALL)
 
+
+# An L1 hit's `get` returns a finished awaitable, not a coroutine. Registered as a Coroutine, so
+# that `asyncio.create_task` and `asyncio.run` take a hit's result as they take a miss's.
+collections.abc.Coroutine.register(_core.Ready)
 
 # Keys under the namespace that are the cache's own, not entries.
 _INTERNAL = (_TAG, _LOCK, _CHANNEL)
@@ -475,7 +480,7 @@ _SETTINGS_DOC = """
 """
 
 
-class TieredCache(_Core):
+class TieredCache(_Core, _core.TieredCache):
     """An L1Cache in front of Redis, for asyncio services.
 
     `TieredCache(redis=None, *, l1=None, l1_ttl=300.0, l2_ttl=1800.0, namespace="tiered:",
@@ -498,6 +503,7 @@ class TieredCache(_Core):
         return _async_client(url, timeout)
 
     def _setup(self) -> None:
+        self._bind(self._l1, self._events)
         self._batch: _Batch | None = None
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -582,18 +588,13 @@ class TieredCache(_Core):
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def get(self, key: str, default: Any = None) -> Any:
-        """The value from L1, else from Redis (then kept in L1), else `default`."""
-        # The L1 hit is the hot path: no helper calls before it (the key's type is checked on
-        # the way to Redis; L1 holds only keys that passed that check or a set's).
-        value = self._l1_lookup(key, _MISS)
-        if value is not _MISS:
-            self._l1_hits += 1
-            if self._events:
-                self._publish(topics.CACHE_HIT, {"key": key, "tier": "l1"})
-            return value
-        self._l1_misses += 1
+    # `get(key, default=None)` comes from the Rust base: an L1 hit returns a finished
+    # awaitable there, without the cost of a coroutine; a miss returns `_get_l2`'s.
+
+    async def _get_l2(self, key: str, default: Any) -> Any:
+        """`get` after an L1 miss: Redis (the value then kept in L1), else `default`."""
         _check_key(key)
+        self._l1_misses += 1
         if not self._l2_usable():
             self._refused()
             self._l2_misses += 1
@@ -608,6 +609,10 @@ class TieredCache(_Core):
             return default
         value = self._found_l2(key, raw, epoch)
         return default if value is _MISS else value
+
+    def _hit_event(self, key: str) -> None:
+        """Called by `get` on an L1 hit when the cache publishes its hits."""
+        self._publish(topics.CACHE_HIT, {"key": key, "tier": "l1"})
 
     async def _fetch(self, key: str) -> bytes | None:
         """GET `key`. The first get of a loop turn goes out at once, so a lone get waits for

@@ -140,6 +140,17 @@ impl L1Cache {
         self.inner.lock(py)
     }
 
+    /// The live value under `key`, if any (counted as a hit or a miss).
+    #[inline]
+    pub(crate) fn lookup(&self, key: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        let py = key.py();
+        self.with_key(key, |cache, hash, eq, now, graveyard| {
+            Ok(cache
+                .get(hash, eq, now, graveyard)?
+                .map(|v| v.clone_ref(py)))
+        })
+    }
+
     /// Runs `op` on the cache for `key`, comparing keys as the module doc says; retries after
     /// comparing in Python the stored keys the core could not compare under the lock.
     #[inline]
@@ -348,13 +359,8 @@ impl L1Cache {
 
     #[pyo3(signature = (key, default=None))]
     fn get(&self, key: &Bound<'_, PyAny>, default: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
-        let py = key.py();
-        let found = self.with_key(key, |cache, hash, eq, now, graveyard| {
-            Ok(cache
-                .get(hash, eq, now, graveyard)?
-                .map(|v| v.clone_ref(py)))
-        })?;
-        Ok(found.or(default).unwrap_or_else(|| py.None()))
+        let found = self.lookup(key)?;
+        Ok(found.or(default).unwrap_or_else(|| key.py().None()))
     }
 
     fn __getitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {

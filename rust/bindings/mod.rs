@@ -6,3 +6,4 @@ pub mod bus;
 pub mod cache;
 pub mod exclusive;
 pub mod pool;
+pub mod tiered;
