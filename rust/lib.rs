@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod bus;
 pub mod cache;
 pub mod clock;
+pub mod codec;
 pub mod errors;
 pub mod pool;
 
@@ -28,7 +29,7 @@ mod _core {
     #[pymodule_export]
     use crate::bindings::pool::{FutureLock, WorkerPool};
     #[pymodule_export]
-    use crate::bindings::tiered::{Ready, TieredCache};
+    use crate::bindings::tiered::{unframe, Ready, TieredCache};
 
     #[pymodule_init]
     fn init(module: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -559,3 +559,37 @@ def test_missing_msgpack_says_how_to_install() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install helixrt[redis]" in out.stdout
+
+
+@pytest.mark.parametrize("serializer", ["msgpack", "json"])
+@pytest.mark.parametrize("compression", ["lz4", None])
+@pytest.mark.parametrize("expires_at", [None, 1_900_000_000.125])
+def test_the_rust_reader_of_common_values_agrees_with_the_python_one(
+    serializer: str, compression: str | None, expires_at: float | None
+) -> None:
+    from helixrt import _core
+
+    codec = Codec(serializer, compression)
+    data = codec.encode(VALUE, expires_at)
+    serializer_id = data[1]
+    framed = _core.unframe(data, serializer_id)
+    assert framed is not None, "an unsigned lz4 or plain value is read in Rust"
+    assert framed[1] == expires_at
+    # bytes take the Rust path, a bytearray the Python one.
+    assert codec.decode(data) == codec.decode(bytearray(data)) == (VALUE, expires_at)
+
+
+def test_the_rust_reader_leaves_gzip_signed_and_damaged_values_to_python() -> None:
+    from helixrt import _core
+
+    gzip = Codec("msgpack", "gzip").encode(VALUE)
+    signed = Codec("msgpack", "lz4", signing_key=KEY).encode(VALUE)
+    lz4_value = Codec("msgpack", "lz4").encode(VALUE)
+    assert lz4_value[2] == 1, "the value is lz4-compressed"
+    damaged = lz4_value[:8] + b"\xff" * 32  # no lz4 block: a match before any literal
+    for data in (gzip, signed, damaged, lz4_value[:-1], lz4_value + b"x"):
+        assert _core.unframe(data, 1) is None
+    assert _core.unframe(lz4_value, 2) is None, "another serializer's value"
+    assert Codec("msgpack", "gzip").decode(gzip) == (VALUE, None)
+    with pytest.raises(DecodeError, match="lz4 decompression failed"):
+        Codec("msgpack", "lz4").decode(damaged)

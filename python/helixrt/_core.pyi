@@ -26,6 +26,7 @@ __all__ = [
     "noop",
     "topic_matches",
     "trace_id_var",
+    "unframe",
 ]
 
 __version__: Final[str]
@@ -41,6 +42,10 @@ def trace_id_var() -> ContextVar[str | None]:
 
 def topic_matches(pattern: str, topic: str) -> bool:
     """Whether the literal `topic` matches the subscription `pattern`."""
+
+def unframe(data: bytes, serializer: int) -> tuple[bytes | memoryview, float | None] | None:
+    """The body and expiry of an unsigned lz4 or uncompressed tiered-cache value written by
+    `serializer` (an id of `helixrt.codec`); None for any other value."""
 
 def _node_id() -> str: ...
 def _reseed() -> None: ...

@@ -28,6 +28,7 @@ import sys
 import zlib
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from helixrt import _core
 from helixrt.errors import HelixError, InvalidArgumentError, InvalidTypeError
 
 if TYPE_CHECKING:
@@ -217,6 +218,13 @@ class Codec:
         """
         try:
             if type(data) is bytes:  # what redis-py returns: immutable, so no view to release
+                if self._mac is None:
+                    # The common frame (unsigned, lz4 or none) is read in Rust; the rest, and
+                    # every damaged value, below.
+                    framed = _core.unframe(data, self._serializer_id)
+                    if framed is not None:
+                        body, expires_at = framed
+                        return self._deserialize(body), expires_at
                 return self._decode(memoryview(data))
             # A view left open (in a traceback, say) would stop the caller resizing a bytearray.
             with memoryview(data) as view:
@@ -268,8 +276,11 @@ class Codec:
             raise DecodeError(
                 f"length mismatch (truncated?): header says {length} body bytes, found {len(body)}"
             )
+        return self._deserialize(body), expires_at
+
+    def _deserialize(self, body: memoryview | bytes) -> Any:
         try:
-            return self._loads(body), expires_at
+            return self._loads(body)
         except Exception as exc:
             raise DecodeError(
                 f"cannot deserialize {self._serializer_name} body: {type(exc).__name__}: {exc}"

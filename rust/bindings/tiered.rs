@@ -13,9 +13,10 @@ use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::{PyBytes, PyMemoryView, PySlice, PyTuple, PyType};
 
 use super::cache::L1Cache;
+use crate::codec;
 
 /// An awaitable that has already finished with `value` (awaiting it again gives it again, as
 /// with a done future). It passes for a coroutine (`send`, `throw`, `close`), so
@@ -186,4 +187,38 @@ impl TieredCache {
     fn set_l1_hits(&self, hits: u64) {
         self.l1_hits.store(hits, Relaxed);
     }
+}
+
+/// The body of a value read from Redis and its expiry (seconds since the epoch, or None), when
+/// `data` is an unsigned lz4 or uncompressed value of the serializer `serializer` (an id of
+/// `helixrt.codec`); None for anything else, which `Codec.decode` then reads or refuses with its
+/// reason. An lz4 body comes back decompressed, an uncompressed one as a view of `data`.
+#[pyfunction]
+pub fn unframe<'py>(
+    data: &Bound<'py, PyBytes>,
+    serializer: u8,
+) -> PyResult<Option<(Bound<'py, PyAny>, Option<f64>)>> {
+    let py = data.py();
+    let bytes = data.as_bytes();
+    let Some(frame) = codec::frame(bytes, serializer) else {
+        return Ok(None);
+    };
+    let expires_at = frame.expires_at_ms.map(|ms| ms as f64 / 1000.0);
+    let body = &bytes[frame.body_at..];
+    if frame.compression == codec::NONE {
+        let view = PyMemoryView::from(data.as_any())?;
+        let body = view.get_item(PySlice::new(
+            py,
+            frame.body_at as isize,
+            bytes.len() as isize,
+            1,
+        ))?;
+        return Ok(Some((body, expires_at)));
+    }
+    let mut whole = false;
+    let out = PyBytes::new_with(py, frame.length, |out| {
+        whole = codec::lz4_into(body, out);
+        Ok(())
+    })?;
+    Ok(whole.then(|| (out.into_any(), expires_at)))
 }
