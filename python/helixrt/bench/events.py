@@ -8,13 +8,12 @@ time until every subscriber has handled every event.
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from helixrt.bench.runner import Context, Row, missing_peer, peer_module
+from helixrt.bench.runner import Context, Row, gc_paused, missing_peer, peer_module
 from helixrt.events import Event, EventBus
 
 TOPIC = "request.completed"
@@ -23,14 +22,8 @@ BURST = 500  # publishes timed at a time: under the mailbox's 1000, so nothing i
 
 def _best(ctx: Context, run: Callable[[], float]) -> float:
     """The best of the repeats of `run` (which returns ns per event), with the GC paused."""
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return min(run() for _ in range(ctx.repeats))
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class _Counter:

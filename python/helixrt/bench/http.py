@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
-from helixrt.bench.runner import Context, Row, compare_time, missing_peer, peer_module
+from helixrt.bench.runner import Context, Row, compare_time, gc_paused, missing_peer, peer_module
 
 CONCURRENCY = 32
 
@@ -131,7 +131,8 @@ def _throughput_rows(ctx: Context) -> Iterator[Row]:
         best = dict.fromkeys(candidates, 0.0)
         for _ in range(repeats):
             for name, run in candidates.items():
-                best[name] = max(best[name], asyncio.run(run(url, requests)))
+                with gc_paused():
+                    best[name] = max(best[name], asyncio.run(run(url, requests)))
     finally:
         server.terminate()
         server.wait(10)

@@ -22,7 +22,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from helixrt.bench.runner import Context, Row
+from helixrt.bench.runner import Context, Row, gc_paused
 
 # A minimal stdio MCP server (raw JSON-RPC, standard library only), so the figures measure
 # the client side rather than an SDK server's import time.
@@ -104,8 +104,10 @@ async def _first_result(ctx: Context, server: _Server, log_dir: str) -> dict[str
     best = {"pool": float("inf"), "sdk": float("inf")}
     with open(os.path.join(log_dir, "raw.log"), "a", encoding="utf-8") as errlog:
         for _ in range(ctx.repeats):
-            best["pool"] = min(best["pool"], await _pool_first_result(server, log_dir))
-            best["sdk"] = min(best["sdk"], await _raw_first_result(server, errlog))
+            with gc_paused():
+                best["pool"] = min(best["pool"], await _pool_first_result(server, log_dir))
+            with gc_paused():
+                best["sdk"] = min(best["sdk"], await _raw_first_result(server, errlog))
     return best
 
 
@@ -150,10 +152,11 @@ async def _connected_call(ctx: Context, server: _Server, log_dir: str) -> dict[s
 
             await _alternating(through_pool, raw, 50)  # warm both (and node's JIT)
             for repeat in range(ctx.repeats):
-                if repeat % 2:
-                    sdk, pooled = await _alternating(raw, through_pool, calls)
-                else:
-                    pooled, sdk = await _alternating(through_pool, raw, calls)
+                with gc_paused():
+                    if repeat % 2:
+                        sdk, pooled = await _alternating(raw, through_pool, calls)
+                    else:
+                        pooled, sdk = await _alternating(through_pool, raw, calls)
                 best["pool"] = min(best["pool"], pooled)
                 best["sdk"] = min(best["sdk"], sdk)
     return best

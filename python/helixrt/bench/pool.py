@@ -7,13 +7,12 @@ collector is paused while timing (as timeit does), for both alike.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from helixrt.bench.runner import Context, Row
+from helixrt.bench.runner import Context, Row, gc_paused
 from helixrt.pool import WorkerPool
 
 
@@ -25,12 +24,8 @@ def _timed(run: Callable[[], tuple[float, float]], repeats: int) -> tuple[float,
     """Best (submit seconds, total seconds) over `repeats` runs."""
     best_submit, best_total = float("inf"), float("inf")
     for _ in range(repeats):
-        gc.collect()
-        gc.disable()
-        try:
+        with gc_paused():
             submit, total = run()
-        finally:
-            gc.enable()
         best_submit, best_total = min(best_submit, submit), min(best_total, total)
     return best_submit, best_total
 

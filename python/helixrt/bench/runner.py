@@ -8,6 +8,7 @@ speedup is always "how many times better than the peer", so above 1.0 helixrt wi
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -111,6 +112,20 @@ def _calibrate(fn: Callable[[], object], budget: float) -> int:
         calls *= 4
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Collects, then pauses the garbage collector for the block, as timeit does: a collection
+    set off by one candidate's garbage must not land in another's timing."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def compare_time(
     ctx: Context, candidates: Mapping[str, Callable[[], object]], ops: int = 1
 ) -> dict[str, float]:
@@ -122,10 +137,7 @@ def compare_time(
     """
     calls = {name: _calibrate(fn, ctx.budget) for name, fn in candidates.items()}
     best = dict.fromkeys(candidates, float("inf"))
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
+    with gc_paused():
         for _ in range(ctx.repeats):
             for name, fn in candidates.items():
                 count = calls[name]
@@ -134,9 +146,6 @@ def compare_time(
                     fn()
                 elapsed = time.perf_counter_ns() - started
                 best[name] = min(best[name], elapsed / (count * ops))
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return best
 
 
