@@ -1,7 +1,7 @@
 //! helixrt's Rust core: the hot paths of the package (task queue, L1 cache, topic routing,
-//! circuit breaker) as plain Rust, plus the thin PyO3 bindings that expose them as
-//! `helixrt._core`. Python-facing code lives in the `bindings` modules; the data structures
-//! know nothing of Python and are tested with `cargo test`.
+//! circuit breaker, the tiered cache's value frame) as plain Rust, plus the thin PyO3 bindings
+//! that expose them as `helixrt._core`. Python-facing code lives in the `bindings` modules; the
+//! data structures know nothing of Python and are tested with `cargo test`.
 
 pub mod bindings;
 pub mod breaker;

@@ -16,7 +16,9 @@ deploy: decode reads every known compression, whatever this codec writes.
 
 It does not talk to Redis, keep statistics beyond its two byte counters, or decide lifetimes:
 the TieredCache does. msgpack and lz4 are imported when a codec first needs them
-(`pip install helixrt[redis]`), so `import helixrt.codec` loads only the standard library.
+(`pip install helixrt[redis]`), so `import helixrt.codec` loads only the standard library and
+the Rust core. The common frame on the read path (unsigned, lz4 or uncompressed) is read by the
+Rust core (`_core.unframe`); everything else, and every damaged value, by `_decode` here.
 """
 
 from __future__ import annotations

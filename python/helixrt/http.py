@@ -221,6 +221,9 @@ class HTTPPool:
         elif not isinstance(retry, RetryPolicy):
             raise InvalidArgumentError(f"retry must be a RetryPolicy or None, got {retry!r}")
         self._retry = retry
+        # Looked up on every response: sets made once, not the policy's tuples each time.
+        self._retry_statuses = frozenset(retry.retry_statuses)
+        self._retry_methods = frozenset(retry.retry_methods)
         if type(breaker_per_host) is not bool:
             raise InvalidArgumentError(
                 f"breaker_per_host must be True or False, got {breaker_per_host!r}"
@@ -345,6 +348,10 @@ class HTTPPool:
 
     def _url_target(self, url: str | URL, idempotent: bool) -> tuple[URL, str]:
         """Checks a request's URL and `idempotent`: (the parsed URL, its origin)."""
+        if type(url) is str and idempotent is False and not self._closed:
+            found = self._urls.get(url)  # the usual case: a URL called before
+            if found is not None:
+                return found
         if type(idempotent) is not bool:
             raise InvalidArgumentError(f"idempotent must be True or False, got {idempotent!r}")
         if self._closed:
@@ -424,7 +431,13 @@ class HTTPPool:
                     raise
             counters.in_flight += 1
             try:
-                response = await session.request(method, url, **kwargs)
+                # A call without `**{}` when there is nothing to pass: it skips building the
+                # arguments anew on every request.
+                response = await (
+                    session.request(method, url, **kwargs)
+                    if kwargs
+                    else session.request(method, url)
+                )
             except BaseException as error:
                 counters.in_flight -= 1
                 self._slots.give()
@@ -442,7 +455,7 @@ class HTTPPool:
                 if not (
                     network
                     and attempt < policy.max_attempts
-                    and (idempotent or method in policy.retry_methods)
+                    and (idempotent or method in self._retry_methods)
                     and self._exception_retryable(error)
                 ):
                     raise
@@ -460,9 +473,9 @@ class HTTPPool:
                     breaker._record(permit, _StatusError(status) if status >= 500 else None)
                 delay = 0.0
                 final = not (
-                    status in policy.retry_statuses
+                    status in self._retry_statuses
                     and attempt < policy.max_attempts
-                    and (idempotent or method in policy.retry_methods)
+                    and (idempotent or method in self._retry_methods)
                 )
                 if not final:
                     retry_after = policy.retry_after_seconds(response.headers.get("Retry-After"))

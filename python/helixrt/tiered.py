@@ -627,7 +627,7 @@ class TieredCache(_Core, _core.TieredCache):
             return joined
         self._batch = _Batch()
         asyncio.get_running_loop().call_soon(self._flush)
-        # `_guarded(self._get_one(key))` written out: two coroutines fewer on the lone get.
+        # The breaker around the GET written out, as `_guarded` does it: two coroutines fewer.
         breaker = self._breaker
         permit = breaker._acquire()
         try:

@@ -5,6 +5,8 @@
 //! before it looks at L1: about three times the lookup itself. Here `get` reads L1 in Rust and
 //! returns a `Ready` holding the value; `await` takes it through the `am_send` slot, so no
 //! frame and no StopIteration. A miss returns the Python subclass's `_get_l2` coroutine.
+//!
+//! `unframe` reads the common frame of a value from Redis (`crate::codec`) for `helixrt.codec`.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
