@@ -521,8 +521,12 @@ class TieredCache(_Core, _core.TieredCache):
             self._listener = loop.create_task(self._listen(self._listening))
         await asyncio.shield(self._listening)
 
+    def _started(self) -> bool:
+        listening = self._listening
+        return listening is not None and listening.done()
+
     async def _ready(self) -> None:
-        if self._listening is None or not self._listening.done():
+        if not self._started():
             await self.start()
 
     async def _listen(self, ready: asyncio.Future[None]) -> None:
@@ -599,8 +603,7 @@ class TieredCache(_Core, _core.TieredCache):
             self._refused()
             self._l2_misses += 1
             return default
-        listening = self._listening
-        if listening is None or not listening.done():
+        if not self._started():  # `_ready()` without its coroutine: this is every L1 miss
             await self.start()
         epoch = self._epoch
         try:
